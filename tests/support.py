@@ -1,0 +1,41 @@
+"""What the tests share: running invoke as a user types it, and a clean environment."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The `invoke` script of the environment running the tests, as a user would call it.
+INVOKE = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
+
+# Variables that would let the developer's own setup leak into a test.
+_SCRUBBED_PREFIXES = ("HOST_MASTER_KEY", "CARABASE_")
+
+
+def clean_environ(home: Path, backup_dir: Path, **extra: str) -> dict[str, str]:
+    """os.environ without any Carabase or key variable, with HOME and the backup dir set."""
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_SCRUBBED_PREFIXES)
+    }
+    environ.update(HOME=str(home), CARABASE_BACKUP_DIR=str(backup_dir), **extra)
+    return environ
+
+
+def run_invoke(*args: str, env: dict[str, str], input: str | None = None,
+               timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """`invoke --search-root REPO <args>` in a subprocess; output captured as text."""
+    return subprocess.run(
+        [INVOKE, "--search-root", str(REPO), *args],
+        env=env,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
