@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,10 +119,14 @@ def parse_database_url(url: str, variable: str) -> Database:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) as 0700; tighten it if it exists looser."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+    """Create `path` and any missing parent as 0700; tighten the backup tree if looser."""
+    root = backup_root()
+    for directory in (*reversed(path.parents), path):
+        if not directory.exists():
+            directory.mkdir(mode=0o700, exist_ok=True)
+        elif directory == root or root in directory.parents:
+            if directory.stat().st_mode & 0o077:
+                directory.chmod(0o700)
     return path
 
 
@@ -259,9 +264,309 @@ def interrupted(action: str, signum: int) -> Exit:
     return Exit(f"{action}: interrupted by {name}", code=128 + signum)
 
 
+# --- backup ---------------------------------------------------------------------------
+
+# Plain SQL that re-applies over an existing database of any env, on any machine:
+# DROP ... IF EXISTS before each CREATE, no owners, grants or tablespaces from the source,
+# and no subscriptions (restoring prod's into dev would start pulling prod's changes).
+PG_DUMP_OPTIONS = (
+    "--format=plain",
+    "--clean",
+    "--if-exists",
+    "--no-owner",
+    "--no-privileges",
+    "--no-tablespaces",
+    "--no-subscriptions",
+    "--no-security-labels",
+    "--quote-all-identifiers",
+)
+
+
+def compressor() -> str:
+    """The compression stage of the backup pipeline."""
+    return "gzip -9"
+
+
+def run_backup(c, env: str) -> Path:
+    """One encrypted backup of `env`, published only once complete and on disk."""
+    action = f"backup {env}"
+    require_key()
+    db = database(env)
+    started = time.monotonic()
+    with env_lock(env, action):
+        remove_stale_partials(env)
+        stamp = fresh_stamp(env)
+        day = ensure_private_dir(env_dir(env) / retention.date_dir_name(stamp))
+        final = day / retention.backup_name(stamp)
+        partial = day / retention.partial_name(stamp)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            command = pipeline(
+                quoted("pg_dump", *PG_DUMP_OPTIONS, "--dbname", db.uri),
+                compressor(),
+                helper_command("crypto", "encrypt") + " > " + quoted(partial),
+            )
+            with children_stop_on_signal() as caught:
+                result = c.run(command, env=child_env(db.child_env()), hide=True,
+                               warn=True, in_stream=False)
+            if caught.signum:
+                raise interrupted(action, caught.signum)
+            if not result.ok:
+                raise Exit(f"{action} failed: {explain_pipeline_failure(result, db)}")
+            publish(partial, final, action)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            remove_if_empty(day)
+            raise
+    size = final.stat().st_size
+    elapsed = time.monotonic() - started
+    print(f"{action}: wrote {final} ({human_size(size)}) in {elapsed:.1f}s")
+    return final
+
+
+def fresh_stamp(env: str) -> datetime:
+    """Now, to the second; the next second if a backup of this second exists already.
+
+    Called under the env's lock, so no other backup of the env can take the same name.
+    """
+    while True:
+        stamp = datetime.now(timezone.utc).replace(microsecond=0)
+        day = env_dir(env) / retention.date_dir_name(stamp)
+        if not (day / retention.backup_name(stamp)).exists():
+            return stamp
+        time.sleep(1 - datetime.now(timezone.utc).microsecond / 1e6)
+
+
+def publish(partial: Path, final: Path, action: str) -> None:
+    """fsync the finished file, rename it to its final name, fsync the directory."""
+    try:
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(partial, final)
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        final.unlink(missing_ok=True)
+        raise Exit(f"{action} failed: cannot write {final.parent}: {error.strerror}") from None
+
+
+# Stage names as they prefix their own error messages, last stage first: when a stage
+# fails, the stages before it fail too (broken pipe), so the last one to complain is
+# where the trouble started.
+_STAGE_PREFIXES = ("encrypt:", "decrypt:", "gzip:", "pigz:", "psql:", "pg_dump:")
+
+
+def explain_pipeline_failure(result, db: Database) -> str:
+    """One line from a failed pipeline's stderr: the root cause, plus what to do."""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    cause = next(
+        (line for prefix in _STAGE_PREFIXES for line in lines if line.startswith(prefix)),
+        lines[0] if lines else f"the pipeline exited with status {result.exited}",
+    )
+    text = result.stderr
+    if "server version mismatch" in text:
+        versions = next((line for line in lines if "server version:" in line), "")
+        detail = versions.split("detail:", 1)[-1].strip()
+        return (f"pg_dump is older than the server ({detail}): install a pg_dump at least"
+                " as new as the server and put it first in PATH")
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return f"{cause} (free some space in {backup_root()} and try again)"
+    if cause.startswith("pg_dump:") and ("connection to server" in text or "does not exist" in text):
+        return f"{cause} (check {db.variable}: {db.uri})"
+    return cause
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+@task(name="dev")
+def backup_dev(c):
+    """One encrypted backup of the dev database."""
+    run_backup(c, "dev")
+
+
+@task(name="staging")
+def backup_staging(c):
+    """One encrypted backup of the staging database."""
+    run_backup(c, "staging")
+
+
+@task(name="prod")
+def backup_prod(c):
+    """One encrypted backup of the prod database."""
+    run_backup(c, "prod")
+
+
+# --- restore --------------------------------------------------------------------------
+
+
+def psql_command(db: Database, *args: str) -> str:
+    """psql that ignores ~/.psqlrc and stops at the first error."""
+    return quoted("psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--dbname", db.uri, *args)
+
+
+def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
+    action = f"restore into {env}"
+    check_env(env)
+    source = Path(file).expanduser().resolve()
+    if not source.is_file():
+        raise Exit(f"{action}: no such backup file: {source}")
+    key = require_key()
+    i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
+    if env == "prod" and not i_know:
+        raise Exit(f"{action} refused: restoring into prod needs --i-know (or CARABASE_I_KNOW=1)")
+    target = database(env)
+    if env != "prod":
+        refuse_if_reaches_prod(c, target, action)
+
+    fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz")  # 0600
+    plaintext = Path(name)
+    created = False
+    try:
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            try:
+                crypto.decrypt_to(key, src, dst)
+            except crypto.InvalidEnvelope as error:
+                raise Exit(f"{action} refused: {source.name}: {error}") from None
+            except OSError as error:
+                raise Exit(f"{action}: cannot decrypt {source}: {error.strerror}") from None
+        check = c.run(quoted("gzip", "-t", plaintext), hide=True, warn=True, in_stream=False)
+        if not check.ok:
+            raise Exit(f"{action} refused: {source.name} decrypts but its gzip stream is damaged")
+
+        confirm_restore(source, env, target, yes, action)
+        started = time.monotonic()
+        created = create_database_if_missing(c, target, action)
+        command = pipeline(
+            quoted("gzip", "-dc", plaintext),
+            psql_command(target, "--single-transaction", "--file", "-") + " > /dev/null",
+        )
+        with children_stop_on_signal() as caught:
+            result = c.run(command, env=child_env(target.child_env()), hide=True, warn=True,
+                           in_stream=False)
+        if caught.signum:
+            raise interrupted(f"{action} (nothing was changed)", caught.signum)
+        if not result.ok:
+            raise Exit(f"{action} failed, nothing was changed: "
+                       f"{explain_pipeline_failure(result, target)}")
+        created = False  # the restore succeeded: the new database stays
+    except KeyboardInterrupt:
+        raise Exit(f"{action}: cancelled, nothing was changed", code=130) from None
+    finally:
+        plaintext.unlink(missing_ok=True)
+        if created:
+            drop_database(c, target)
+    elapsed = time.monotonic() - started
+    print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+
+
+def confirm_restore(source: Path, env: str, target: Database, yes: bool, action: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Exit(f"{action} refused: no terminal to confirm on; pass --yes to restore"
+                   " without asking")
+    stamp = retention.parse_backup_name(source.name)
+    taken = f" taken {stamp:%Y-%m-%d %H:%M:%S}Z" if stamp else ""
+    print(f"This replaces the contents of {env}'s database {target.uri}\n"
+          f"with the backup {source}{taken}.")
+    answer = input("Type 'yes' to restore: ")
+    if answer.strip().lower() != "yes":
+        raise Exit(f"{action}: cancelled, nothing was changed")
+
+
+def server_identity(c, db: Database) -> tuple[str, str] | None:
+    """(cluster system identifier, database name) that `db` leads to; None if unreachable.
+
+    The identifier is unique per PostgreSQL cluster, so two URLs spelled differently
+    (localhost vs 127.0.0.1, a socket path, a tunnel) still compare equal.
+    """
+    query = "select system_identifier from pg_control_system()"
+    for candidate in (db, db.on_database("postgres"), db.on_database("template1")):
+        result = c.run(psql_command(candidate, "-At", "-c", query), env=candidate.child_env(),
+                       hide=True, warn=True, in_stream=False)
+        if result.ok:
+            return result.stdout.strip(), db.name
+    return None
+
+
+def refuse_if_reaches_prod(c, target: Database, action: str) -> None:
+    prod = database("prod")
+    target_identity = server_identity(c, target)
+    if target_identity is None:
+        raise Exit(f"{action}: cannot connect to the server of {target.uri}"
+                   f" (check {target.variable})")
+    if server_identity(c, prod) == target_identity:
+        raise Exit(f"{action} refused: {target.variable} leads to the prod database"
+                   f" ({prod.uri}); restore into prod only with: invoke backup.restore prod"
+                   " FILE --i-know")
+
+
+def run_sql_with_name(c, server: Database, sql: str, name: str):
+    """Run `sql` on `server`, where :'name' / :"name" is `name` quoted by psql itself.
+
+    psql interpolates variables only in scripts it reads, hence the printf pipe.
+    """
+    command = pipeline(
+        quoted("printf", "%s\n", sql),
+        psql_command(server, "-At", "--set", f"name={name}"),
+    )
+    return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False)
+
+
+def create_database_if_missing(c, target: Database, action: str) -> bool:
+    """Create the target database if it does not exist; True if this call created it."""
+    maintenance = target.on_database("postgres")
+    probe = run_sql_with_name(
+        c, maintenance, "select count(*) from pg_database where datname = :'name'", target.name
+    )
+    if not probe.ok:
+        raise Exit(f"{action}: cannot connect to the server of {target.uri}: "
+                   f"{explain_pipeline_failure(probe, target)}")
+    if probe.stdout.strip() != "0":
+        return False
+    create = run_sql_with_name(c, maintenance, 'create database :"name"', target.name)
+    if not create.ok:
+        raise Exit(f"{action}: cannot create database {target.name}: "
+                   f"{explain_pipeline_failure(create, target)}")
+    return True
+
+
+def drop_database(c, target: Database) -> None:
+    """Undo create_database_if_missing after a failed restore."""
+    run_sql_with_name(c, target.on_database("postgres"), 'drop database if exists :"name"',
+                      target.name)
+
+
+@task(
+    help={
+        "env": "the env whose database receives the backup (dev, staging, prod)",
+        "file": "the .sql.gz.enc backup to restore",
+        "yes": "do not ask for confirmation",
+        "i-know": "required to restore into prod (or CARABASE_I_KNOW=1)",
+    }
+)
+def restore(c, env, file, yes=False, i_know=False):
+    """Restore a backup into an env's database, in one transaction."""
+    run_restore(c, env, file, yes, i_know)
+
+
 # --- tasks ----------------------------------------------------------------------------
 
 
 ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
+for _task in (backup_dev, backup_staging, backup_prod, restore):
+    backup_tasks.add_task(_task)
