@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shlex
 import signal
@@ -22,10 +23,10 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from invoke import Collection, Exit, task
 
@@ -80,7 +81,7 @@ class Database:
     def on_database(self, name: str) -> "Database":
         """The same server and credentials, another database (for CREATE DATABASE)."""
         parts = urlsplit(self.uri)
-        uri = urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+        uri = build_uri(parts.scheme, parts.netloc, name, parts.query)
         return Database(self.variable, uri, name, self.password)
 
 
@@ -105,7 +106,7 @@ def parse_database_url(url: str, variable: str) -> Database:
     if not name:
         raise Exit(f"{variable} names no database: end it with /<database name>")
     netloc = (user + "@" if at and user else "") + hostport
-    uri = urlunsplit((parts.scheme, netloc, "/" + quote(name, safe=""), urlencode(params), ""))
+    uri = build_uri(parts.scheme, netloc, name, urlencode(params))
     if query_password:
         secret = query_password[-1]
     elif password:
@@ -113,6 +114,11 @@ def parse_database_url(url: str, variable: str) -> Database:
     else:
         secret = None
     return Database(variable, uri, name, secret)
+
+
+def build_uri(scheme: str, netloc: str, name: str, query: str) -> str:
+    # Not urlunsplit: it drops the "//" of an empty host ("postgresql:///db?host=/sock").
+    return f"{scheme}://{netloc}/{quote(name, safe='')}" + (f"?{query}" if query else "")
 
 
 # --- the backup tree ------------------------------------------------------------------
@@ -507,7 +513,14 @@ def refuse_if_reaches_prod(c, target: Database, action: str) -> None:
     if target_identity is None:
         raise Exit(f"{action}: cannot connect to the server of {target.uri}"
                    f" (check {target.variable})")
-    if server_identity(c, prod) == target_identity:
+    prod_identity = server_identity(c, prod)
+    if prod_identity is None and os.environ.get(prod.variable):
+        # A configured prod we cannot reach might be this very server under another
+        # route: refuse rather than guess. (Unset, prod is just not on this machine.)
+        raise Exit(f"{action} refused: cannot reach the prod database to check that"
+                   f" {target.variable} does not lead to it; fix {prod.variable}"
+                   " or unset it if prod is not reachable from here")
+    if prod_identity == target_identity:
         raise Exit(f"{action} refused: {target.variable} leads to the prod database"
                    f" ({prod.uri}); restore into prod only with: invoke backup.restore prod"
                    " FILE --i-know")
@@ -562,6 +575,161 @@ def restore(c, env, file, yes=False, i_know=False):
     run_restore(c, env, file, yes, i_know)
 
 
+# --- retention and status -------------------------------------------------------------
+
+
+def run_prune(env: str, dry_run: bool) -> None:
+    """Apply `retention.plan` to env's backups, one line per backup; see README."""
+    root = env_dir(env)  # checks env
+    if not root.is_dir():
+        print(f"{env}: nothing to prune: {root} does not exist")
+        return
+    if dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
+        prune_backups(env, dry_run=True)
+        return
+    with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
+        remove_stale_partials(env)
+        prune_backups(env, dry_run=False)
+
+
+def prune_backups(env: str, dry_run: bool) -> None:
+    backups = list_backups(env)
+    if not backups:
+        print(f"{env}: no backups, nothing to prune")
+        return
+    decided = retention.plan([stamp for stamp, _ in backups], datetime.now(timezone.utc))
+    delete_word = "would delete" if dry_run else "delete"
+    width = len(delete_word)
+    for stamp, path in backups:  # oldest first
+        label = f"{path.parent.name}/{path.name}"
+        if stamp in decided.keep:
+            print(f"{'keep':<{width}}  {label}  {decided.why(stamp)}")
+            continue
+        if not dry_run:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise Exit(f"prune {env}: cannot delete {path}: {error.strerror}") from None
+            remove_if_empty(path.parent)
+        print(f"{delete_word:<{width}}  {label}")
+    kept, deleted = len(decided.keep), len(decided.delete)
+    if dry_run:
+        print(f"{env}: would keep {kept}, would delete {deleted} (dry run: nothing deleted)")
+    else:
+        print(f"{env}: kept {kept}, deleted {deleted}")
+
+
+FRESH_FOR = timedelta(hours=30)  # PASS while the newest backup is younger than this
+STALE_AFTER = timedelta(hours=72)  # FAIL from this age on; WARN in between
+SMALLEST_PLAUSIBLE_BACKUP = 1024  # bytes; the encrypted gzip of an empty dump is smaller
+SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}  # also the exit status of `backup.status`
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How one env's newest backup looks: what `backup.status` prints for it."""
+
+    env: str
+    status: str  # PASS, WARN or FAIL
+    latest: datetime | None = None  # the newest backup's start (UTC), from its name
+    age: timedelta | None = None
+    path: Path | None = None
+    warning: str | None = None  # what makes it worse than its age alone says
+
+    def line(self) -> str:
+        head = f"[{self.env:<7}] {self.status}"
+        if self.latest is None:
+            return f"{head} {self.warning or 'no backups'}"
+        # Rounded down, so that the age shown never reaches a threshold before the status.
+        tenths = self.age // timedelta(minutes=6)
+        text = f"{head} latest={utc_text(self.latest)} age={tenths / 10:.1f}h ago"
+        return f"{text} ({self.warning})" if self.warning else text
+
+    def as_json(self) -> dict:
+        return {
+            "env": self.env,
+            "status": self.status,
+            "latest": utc_text(self.latest) if self.latest else None,
+            "age_hours": self.age / timedelta(hours=1) if self.age is not None else None,
+            "path": str(self.path) if self.path else None,
+            "warning": self.warning,
+        }
+
+
+def utc_text(stamp: datetime) -> str:
+    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
+                     now: datetime) -> Freshness:
+    """Judge env at `now` from its backups: (UTC start, path, size in bytes), oldest first.
+
+    Only the last two matter: the newest's age, and its size against the one before it.
+    """
+    if not backups:
+        return Freshness(env, "FAIL")
+    latest, path, size = backups[-1]
+    age = now - latest
+    status = "PASS" if age < FRESH_FOR else "WARN" if age < STALE_AFTER else "FAIL"
+    warnings = []
+    if latest > now:  # would pass forever, however stale the env really is
+        warnings.append("newest backup is dated in the future: check the clock")
+    # An empty or truncated dump is fresh by its name; its size gives it away.
+    if size < SMALLEST_PLAUSIBLE_BACKUP:
+        warnings.append(f"newest backup is {size} B, under 1 KiB")
+    elif len(backups) > 1 and size * 2 < backups[-2][2]:
+        percent = size * 100 // backups[-2][2]
+        warnings.append(f"newest backup is {percent}% the size of the one before it")
+    if warnings and status == "PASS":
+        status = "WARN"
+    return Freshness(env, status, latest, age, path, "; ".join(warnings) or None)
+
+
+def freshness_of(env: str, now: datetime) -> Freshness:
+    """assess_freshness on env's backups as they are on disk (names and sizes only)."""
+    try:
+        sized = []
+        for stamp, path in list_backups(env)[-2:]:
+            try:
+                sized.append((stamp, path, path.stat().st_size))
+            except FileNotFoundError:  # pruned between listing and stat
+                continue
+    except OSError as error:
+        return Freshness(env, "FAIL", warning=f"cannot read {env_dir(env)}: {error.strerror}")
+    return assess_freshness(env, sized, now)
+
+
+def worst_status(reports: list[Freshness]) -> str:
+    return max((report.status for report in reports), key=SEVERITY.__getitem__, default="PASS")
+
+
+@task(help={"env": "dev, staging or prod",
+            "dry-run": "print what would be kept and deleted; delete nothing"})
+def prune(c, env, dry_run=False):
+    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly."""
+    run_prune(env, dry_run)
+
+
+@task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
+def status(c, json=False):
+    """Freshness of every env: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
+    now = datetime.now(timezone.utc)
+    reports = [freshness_of(env, now) for env in ENVS]
+    worst = worst_status(reports)
+    if json:
+        print(status_json(worst, reports))
+    else:
+        for report in reports:
+            print(report.line())
+    if SEVERITY[worst]:
+        raise Exit(code=SEVERITY[worst])
+
+
+def status_json(worst: str, reports: list[Freshness]) -> str:
+    return json.dumps({"status": worst, "envs": [report.as_json() for report in reports]},
+                      indent=2)
+
+
 # --- tasks ----------------------------------------------------------------------------
 
 
@@ -570,3 +738,5 @@ backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore):
     backup_tasks.add_task(_task)
+backup_tasks.add_task(prune)
+backup_tasks.add_task(status)

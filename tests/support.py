@@ -26,14 +26,19 @@ def clean_environ(home: Path, backup_dir: Path, **extra: str) -> dict[str, str]:
     return environ
 
 
-def run_invoke(*args: str, env: dict[str, str], input: str | None = None,
+def run_invoke(*args: str, env: dict[str, str], input: str | None = None, stdin=None,
                timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """`invoke --search-root REPO <args>` in a subprocess; output captured as text."""
+    """`invoke --search-root REPO <args>` in a subprocess; output captured as text.
+
+    Standard input is empty unless `input` (text) or `stdin` (a file descriptor) is given.
+    """
+    if input is None and stdin is None:
+        stdin = subprocess.DEVNULL
     return subprocess.run(
         [INVOKE, "--search-root", str(REPO), *args],
         env=env,
         input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
