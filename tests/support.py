@@ -44,3 +44,10 @@ def run_invoke(*args: str, env: dict[str, str], input: str | None = None, stdin=
         timeout=timeout,
         **kwargs,
     )
+
+
+def take_backup(environ: dict[str, str], env: str = "dev") -> Path:
+    """Run `invoke backup.<env>`, insist that it worked, return the backup it reports."""
+    result = run_invoke(f"backup.{env}", env=environ)
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.split(" wrote ", 1)[1].split(" (", 1)[0])

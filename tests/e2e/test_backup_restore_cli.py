@@ -13,7 +13,7 @@ import pytest
 
 from helpers import crypto
 from tests.sample_db import create_varied_database, snapshot
-from tests.support import REPO, run_invoke
+from tests.support import REPO, run_invoke, take_backup
 
 
 def backups_in(backup_dir: Path, env: str) -> list[Path]:
@@ -22,12 +22,6 @@ def backups_in(backup_dir: Path, env: str) -> list[Path]:
 
 def everything_in(backup_dir: Path) -> list[Path]:
     return sorted(path for path in backup_dir.rglob("*") if path.is_file())
-
-
-def take_backup(environ, env="dev") -> Path:
-    result = run_invoke(f"backup.{env}", env=environ)
-    assert result.returncode == 0, result.stderr
-    return Path(result.stdout.split(" wrote ", 1)[1].split(" (", 1)[0])
 
 
 def write_backup(path: Path, sql: str, key_hex: str) -> Path:
