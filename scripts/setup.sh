@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# From a fresh clone: install into .venv, make sure there is a master key, and take a
+# first backup of one env (dev unless told otherwise):
+#
+#   scripts/setup.sh [dev|staging|prod]
+#
+# The key is HOST_MASTER_KEY_FILE or HOST_MASTER_KEY when set; otherwise
+# ~/.carabase/master.key, created (0600) when it does not exist yet.
+set -euo pipefail
+env="${1:-dev}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [ ! -x "$repo/.venv/bin/python" ]; then
+    python3 -m venv "$repo/.venv"
+fi
+"$repo/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$repo"
+
+if [ -z "${HOST_MASTER_KEY:-}" ] && [ -z "${HOST_MASTER_KEY_FILE:-}" ]; then
+    HOST_MASTER_KEY_FILE="$HOME/.carabase/master.key"
+    if [ ! -e "$HOST_MASTER_KEY_FILE" ]; then
+        mkdir -p -m 700 "$HOME/.carabase"
+        (umask 077 && "$repo/.venv/bin/python" -c \
+            'import secrets; print(secrets.token_hex(32))' > "$HOST_MASTER_KEY_FILE")
+        echo "Created a new master key in $HOST_MASTER_KEY_FILE (mode 0600)."
+        echo "Keep a copy somewhere safe and separate (a password manager): without it"
+        echo "no backup can ever be read."
+    fi
+    export HOST_MASTER_KEY_FILE
+fi
+
+"$repo/.venv/bin/invoke" --search-root "$repo" "backup.$env"
+
+cat <<NEXT
+
+Next:
+  export HOST_MASTER_KEY_FILE=${HOST_MASTER_KEY_FILE:-<your key file>}
+  $repo/.venv/bin/invoke --search-root $repo backup.status
+  $repo/.venv/bin/invoke --search-root $repo backup.install-cron $env
+NEXT
