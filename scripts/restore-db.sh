@@ -11,12 +11,9 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-invoke="$repo/.venv/bin/invoke"
-if [ ! -x "$invoke" ]; then
-    invoke="$(command -v invoke || true)"
+# On a machine that has only a clone so far, install first.
+if [ ! -x "$repo/.venv/bin/invoke" ]; then
+    python3 -m venv "$repo/.venv"
+    "$repo/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$repo"
 fi
-if [ -z "$invoke" ]; then
-    echo "restore-db.sh: invoke not found: run 'scripts/setup.sh' in $repo first" >&2
-    exit 1
-fi
-exec "$invoke" --search-root "$repo" backup.restore "$@"
+exec "$repo/.venv/bin/invoke" --search-root "$repo" backup.restore "$@"
