@@ -370,3 +370,17 @@ def test_restore_into_dev_refuses_when_configured_prod_cannot_be_reached(
     assert result.returncode != 0
     assert "cannot reach the prod database" in result.stderr
     assert snapshot(pg, source_db) == before
+
+
+def test_restore_db_script_restores_like_the_task(dev_environ, pg, source_db,
+                                                  database_factory):
+    backup = take_backup(dev_environ)
+    target = database_factory()
+
+    result = subprocess.run(
+        [str(REPO / "scripts" / "restore-db.sh"), "staging", str(backup), "--yes"],
+        env={**dev_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert snapshot(pg, target) == snapshot(pg, source_db)
