@@ -1,0 +1,398 @@
+"""Faults, for real: killed dumps, signals, a full disk, overlapping runs, tampering, leaks.
+
+After each fault: nothing broken is published, earlier backups are byte-identical, and
+no temporary file is left where it could be mistaken for a backup.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import crypto
+from tests.sample_db import create_varied_database, snapshot
+from tests.support import INVOKE, REPO, run_invoke
+
+EARLIER = "2026-01-01/2026-01-01T031700.sql.gz.enc"  # an older backup already in the tree
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def start_invoke(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """invoke in its own session, so a test can signal it (or its group) alone."""
+    return subprocess.Popen([INVOKE, "--search-root", str(REPO), *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(condition, what: str, timeout: float = 60):
+    """Poll until `condition()` is truthy (a process reaching a state, not a date)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def partials(backup_dir: Path) -> list[Path]:
+    return sorted(backup_dir.rglob(".*.partial"))
+
+
+def published(backup_dir: Path, env: str = "dev") -> list[Path]:
+    return sorted((backup_dir / env).glob("*/*.sql.gz.enc"))
+
+
+def dump_is_streaming(backup_dir: Path) -> bool:
+    return any(path.stat().st_size > 0 for path in partials(backup_dir))
+
+
+def plant_earlier_backup(backup_dir: Path, env: str = "dev") -> tuple[Path, str]:
+    path = backup_dir / env / EARLIER
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(4096))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def unchanged(path: Path, digest: str) -> bool:
+    return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def our_backends(pg, dbname: str) -> int:
+    return int(pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                   f" application_name = 'carabase-backup' and datname = '{dbname}'"))
+
+
+def assert_backup_decrypts_and_gunzips(path: Path, key_hex: str) -> None:
+    plaintext = io.BytesIO()
+    with path.open("rb") as src:
+        crypto.decrypt_stream(bytes.fromhex(key_hex), src, plaintext)
+    sql = gzip.decompress(plaintext.getvalue()).decode()
+    # The trailer pg_dump writes last (newer ones add a \unrestrict line after it).
+    assert "-- PostgreSQL database dump complete" in sql[-300:]
+
+
+@pytest.fixture(scope="module")
+def big_db(pg):
+    """A database whose plain gzip -9 dump takes several seconds here."""
+    name = pg.create_database("carabase_big")
+    pg.psql(name, "create table filler as select g as id, md5(g::text) || md5((g + 1)::text)"
+                  " || md5((g + 2)::text) || md5((g + 3)::text) as body"
+                  " from generate_series(1, 1000000) g")
+    yield name
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def big_environ(keyed_environ, pg, big_db):
+    # Plain gzip: the slow compressor keeps the dump mid-stream long enough to act on.
+    return {**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(big_db),
+            "CARABASE_COMPRESSOR": "gzip",
+            "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent")}
+
+
+# --- 1. the dump's connection is terminated --------------------------------------------
+
+
+def test_terminated_dump_connection_fails_clearly_and_publishes_nothing(
+        big_environ, pg, big_db, backup_dir):
+    earlier, digest = plant_earlier_backup(backup_dir)
+    backup = start_invoke("backup.dev", env=big_environ)
+    wait_for(lambda: dump_is_streaming(backup_dir), "the dump to stream")
+
+    pg.psql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where"
+                        f" application_name = 'carabase-backup' and datname = '{big_db}'")
+    stdout, stderr = backup.communicate(timeout=60)
+
+    assert backup.returncode != 0
+    assert "pg_dump" in stderr
+    assert "terminating connection" in stderr or "server closed the connection" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert published(backup_dir) == [earlier] and partials(backup_dir) == []
+    assert unchanged(earlier, digest)
+
+
+# --- 2. SIGKILL of the whole process group ------------------------------------------
+
+
+def test_sigkilled_backup_leaves_no_backup_and_the_next_one_cleans_up(
+        big_environ, pg, backup_dir, database_factory):
+    earlier, digest = plant_earlier_backup(backup_dir)
+    backup = start_invoke("backup.dev", env=big_environ)
+    wait_for(lambda: dump_is_streaming(backup_dir), "the dump to stream")
+
+    os.killpg(backup.pid, signal.SIGKILL)
+    backup.wait(timeout=30)
+
+    assert published(backup_dir) == [earlier] and unchanged(earlier, digest)
+    [leftover] = partials(backup_dir)  # a SIGKILLed process cleans nothing up...
+    status = run_invoke("backup.status", "--json", env=big_environ)
+    [dev] = [env for env in json.loads(status.stdout)["envs"] if env["env"] == "dev"]
+    assert dev["latest"].startswith("2026-01-01T03:17:00")  # ...and status ignores it
+
+    small = database_factory(create_varied_database)
+    after = run_invoke("backup.dev", env={**big_environ,
+                                          "CARABASE_DEV_DATABASE_URL": pg.url(small)})
+
+    assert after.returncode == 0, after.stderr  # no stale lock
+    assert not leftover.exists() and partials(backup_dir) == []
+    assert len(published(backup_dir)) == 2 and unchanged(earlier, digest)
+
+
+# --- 3. a full filesystem -----------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_backup_onto_full_filesystem_names_the_lack_of_space_and_keeps_older_backups(
+        big_environ, tiny_filesystem):
+    backup_dir = tiny_filesystem / "backups"
+    earlier, digest = plant_earlier_backup(backup_dir)
+
+    result = run_invoke("backup.dev", env={**big_environ,
+                                           "CARABASE_BACKUP_DIR": str(backup_dir)})
+
+    assert result.returncode != 0
+    assert "No space left on device" in result.stderr and "free some space" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert published(backup_dir) == [earlier] and unchanged(earlier, digest)
+    assert partials(backup_dir) == []
+
+
+# --- 4. two backups of one env at once ----------------------------------------------
+
+
+def test_overlapping_backups_of_one_env_never_collide(big_environ, backup_dir, master_key):
+    first = start_invoke("backup.dev", env=big_environ)
+    wait_for(lambda: partials(backup_dir), "the first backup to start")
+    second = start_invoke("backup.dev", env=big_environ)
+
+    second_out, second_err = second.communicate(timeout=120)
+    first_out, first_err = first.communicate(timeout=120)
+
+    assert first.returncode == 0, first_err
+    assert second.returncode != 0
+    assert "another backup or prune of dev is running" in second_err
+    [backup] = published(backup_dir)
+    assert_backup_decrypts_and_gunzips(backup, master_key)
+
+
+# --- 5. restore interrupted while applying ------------------------------------------
+
+
+@pytest.fixture
+def slow_restore(keyed_environ, pg, database_factory, master_key, tmp_path):
+    """A dev database and a backup that changes it, then dawdles before committing."""
+    target = database_factory(create_varied_database)
+    sql = "UPDATE public.item SET name = 'from the backup';\nSELECT pg_sleep(60);\n"
+    envelope = io.BytesIO()
+    crypto.encrypt_stream(bytes.fromhex(master_key), io.BytesIO(gzip.compress(sql.encode())),
+                          envelope)
+    backup = tmp_path / "2026-02-02T031700.sql.gz.enc"
+    backup.write_bytes(envelope.getvalue())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    environ = {**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(target),
+               "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent"),
+               "TMPDIR": str(scratch)}
+    return target, backup, environ, scratch
+
+
+def sleeping_in(pg, dbname: str) -> bool:
+    return pg.psql("postgres", "select count(*) from pg_stat_activity where query like"
+                               f" '%pg_sleep%' and datname = '{dbname}'"
+                               " and application_name = 'carabase-backup'").strip() != "0"
+
+
+@pytest.mark.parametrize("signum, whole_group", [
+    (signal.SIGINT, True),    # Ctrl-C at a terminal: every process of the group
+    (signal.SIGTERM, False),  # kill <pid>: invoke alone must stop psql itself
+])
+def test_interrupted_restore_changes_nothing_and_removes_its_tempfile(
+        pg, slow_restore, signum, whole_group):
+    target, backup, environ, scratch = slow_restore
+    before = snapshot(pg, target)
+    restore = start_invoke("backup.restore", "dev", str(backup), "--yes", env=environ)
+    wait_for(lambda: sleeping_in(pg, target), "psql to apply the backup")
+
+    if whole_group:
+        os.killpg(restore.pid, signum)
+    else:
+        os.kill(restore.pid, signum)
+    stdout, stderr = restore.communicate(timeout=30)
+
+    assert restore.returncode == 128 + signum
+    assert "interrupted" in stderr and "nothing was changed" in stderr
+    assert list(scratch.iterdir()) == []
+    assert snapshot(pg, target) == before
+    # psql is gone, so its transaction can never commit: cancel the leftover sleep and
+    # check the change was rolled back for good.
+    pg.psql("postgres", "select pg_cancel_backend(pid) from pg_stat_activity where"
+                        f" datname = '{target}' and application_name = 'carabase-backup'")
+    wait_for(lambda: our_backends(pg, target) == 0, "the backend to roll back")
+    assert snapshot(pg, target) == before
+
+
+# --- 6. tampering -------------------------------------------------------------------
+
+
+def tamper(data: bytes, how: str) -> bytes:
+    data = bytearray(data)
+    if how == "truncated":
+        return bytes(data[:-100])
+    if how == "appended":
+        return bytes(data) + b"\n"
+    index = {"version": 0, "iv": 6, "middle": len(data) // 2, "tag": len(data) - 3}[how]
+    data[index] ^= 0x80
+    return bytes(data)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("version", "unknown envelope version"),
+    ("iv", "authentication failed"),
+    ("middle", "authentication failed"),
+    ("tag", "authentication failed"),
+    ("truncated", "authentication failed"),
+    ("appended", "authentication failed"),
+])
+def test_tampered_backup_is_refused_and_database_untouched(
+        keyed_environ, pg, database_factory, tmp_path, how, message):
+    source = database_factory(create_varied_database)
+    environ = {**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(source),
+               "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent")}
+    good = run_invoke("backup.dev", env=environ)
+    assert good.returncode == 0, good.stderr
+    [backup] = published(Path(environ["CARABASE_BACKUP_DIR"]))
+    tampered = tmp_path / backup.name
+    tampered.write_bytes(tamper(backup.read_bytes(), how))
+    pg.psql(source, "update item set name = 'changed since the backup'")
+    before = snapshot(pg, source)
+
+    result = run_invoke("backup.restore", "dev", str(tampered), "--yes", env=environ)
+
+    assert result.returncode != 0 and message in result.stderr
+    assert snapshot(pg, source) == before
+
+
+# --- 7. secrets ---------------------------------------------------------------------
+
+
+def all_command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"))
+            except OSError:
+                pass  # the process ended meanwhile
+    return lines
+
+
+def sample_command_lines(process: subprocess.Popen) -> tuple[list[str], str, str]:
+    """Every argument list seen on the machine while `process` runs."""
+    seen = []
+    while process.poll() is None:
+        seen.extend(all_command_lines())
+    stdout, stderr = process.communicate()
+    return seen, stdout, stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_key_and_password_never_reach_argv_output_logs_or_files(
+        environ, pg, big_db, database_factory, tmp_path, master_key):
+    password = "pw-" + os.urandom(8).hex()  # trust auth ignores it, libpq still carries it
+    url = pg.url(big_db).replace(f"{pg.user}@", f"{pg.user}:{password}@", 1)
+    assert password in url
+    secret_environ = {**environ, "HOST_MASTER_KEY": master_key,
+                      "CARABASE_DEV_DATABASE_URL": url, "CARABASE_COMPRESSOR": "gzip",
+                      "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent")}
+    backup_dir = Path(environ["CARABASE_BACKUP_DIR"])
+    cron_log = tmp_path / "cron.log"
+
+    # A scheduled run: backup then prune, output appended to cron.log.
+    with cron_log.open("a") as log:
+        scheduled = subprocess.Popen(
+            [INVOKE, "--search-root", str(REPO), "backup.dev", "backup.prune", "dev"],
+            env=secret_environ, stdin=subprocess.DEVNULL, stdout=log, stderr=log, text=True)
+        backup_argv, _, _ = sample_command_lines(scheduled)
+    assert scheduled.returncode == 0, cron_log.read_text()
+    assert any("pg_dump" in line for line in backup_argv)  # the sampling saw the dump
+
+    [backup] = published(backup_dir)
+    target = f"{big_db}_restored"
+    database_factory.adopt(target)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    restore = start_invoke("backup.restore", "staging", str(backup), "--yes", env={
+        **secret_environ, "TMPDIR": str(scratch),
+        "CARABASE_STAGING_DATABASE_URL": url.replace(f"/{big_db}", f"/{target}")})
+    tempfile_modes = set()
+    restore_argv = []
+    while restore.poll() is None:
+        restore_argv.extend(all_command_lines())
+        tempfile_modes.update(path.stat().st_mode & 0o777 for path in scratch.iterdir()
+                              if path.exists())
+    restore_out, restore_err = restore.communicate()
+    assert restore.returncode == 0, restore_err
+    assert any("psql" in line for line in restore_argv)
+
+    failing = run_invoke("backup.dev", env={**secret_environ, "CARABASE_DEV_DATABASE_URL":
+                                            url.replace(f"/{big_db}", "/no_such_db")})
+    assert failing.returncode != 0
+
+    texts = backup_argv + restore_argv + [
+        cron_log.read_text(), restore_out, restore_err, failing.stdout, failing.stderr]
+    texts += [str(path) for path in backup_dir.rglob("*")]
+    texts += [path.read_bytes().decode(errors="replace") for path in backup_dir.rglob("*")
+              if path.is_file()]
+    for secret in (master_key, password):
+        assert not [text for text in texts if secret in text]
+    assert tempfile_modes <= {0o600}
+    assert list(scratch.iterdir()) == []
+
+
+# --- 8. Ctrl-C and SIGTERM during a backup ------------------------------------------
+
+
+@pytest.mark.parametrize("signum, whole_group", [
+    (signal.SIGINT, True),
+    (signal.SIGTERM, False),
+])
+def test_interrupted_backup_publishes_nothing_and_exits_128_plus_signal(
+        big_environ, pg, big_db, backup_dir, signum, whole_group):
+    earlier, digest = plant_earlier_backup(backup_dir)
+    backup = start_invoke("backup.dev", env=big_environ)
+    wait_for(lambda: dump_is_streaming(backup_dir), "the dump to stream")
+
+    if whole_group:
+        os.killpg(backup.pid, signum)
+    else:
+        os.kill(backup.pid, signum)
+    stdout, stderr = backup.communicate(timeout=30)
+
+    assert backup.returncode == 128 + signum
+    assert "interrupted" in stderr and "nothing was published" in stderr
+    assert published(backup_dir) == [earlier] and unchanged(earlier, digest)
+    assert partials(backup_dir) == []
+    wait_for(lambda: our_backends(pg, big_db) == 0, "pg_dump to disconnect", timeout=10)
