@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from invoke import Collection, Exit, task
 
-from helpers import crypto, retention
+from helpers import crypto, launchd, retention, schedule, systemd
 
 ENVS = ("dev", "staging", "prod")
 REPO = Path(__file__).resolve().parent
@@ -202,9 +203,9 @@ def env_lock(env: str, action: str):
 # --- running pipelines ----------------------------------------------------------------
 
 
-def pipeline(*stages: str) -> str:
-    """A bash pipeline that fails when any stage fails."""
-    return "set -o pipefail; " + " | ".join(stages)
+def pipeline(*stages: str | None) -> str:
+    """A bash pipeline that fails when any stage fails; None stages are left out."""
+    return "set -o pipefail; " + " | ".join(stage for stage in stages if stage)
 
 
 def quoted(*words: object) -> str:
@@ -222,25 +223,39 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"PYTHONPATH": pythonpath, **(extra or {})}
 
 
+class Interrupted(BaseException):
+    """A signal asked us to stop; BaseException so that no `except Exception` eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextmanager
-def children_stop_on_signal():
-    """Turn SIGINT/SIGTERM/SIGHUP into: stop our child processes, remember the signal.
+def stop_on_signal(action: str):
+    """For the whole of a task: on SIGINT, SIGTERM or SIGHUP, stop our child processes
+    and unwind with cleanup, exiting 128+signal.
 
     invoke only forwards Ctrl-C as a keystroke and keeps waiting, and a SIGTERM aimed at
-    us alone would leave psql running until it COMMITs; so we stop the children
-    ourselves and let the task clean up and exit 128+signal.
+    us alone would leave psql running until it COMMITs; so the children are stopped
+    here, and Interrupted unwinds through every `finally` that removes temporary files.
     """
-    state = SimpleNamespace(signum=None)
+    raised = False
 
     def on_signal(signum, frame):
-        if state.signum is None:
-            state.signum = signum
+        nonlocal raised
         terminate_descendants()
+        if not raised:  # a second signal must not break the cleanup of the first
+            raised = True
+            raise Interrupted(signum)
 
     watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, on_signal) for signum in watched}
     try:
-        yield state
+        yield
+    except Interrupted as caught:
+        name = signal.Signals(caught.signum).name
+        raise Exit(f"{action}: interrupted by {name}", code=128 + caught.signum) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -265,11 +280,6 @@ def terminate_descendants() -> None:
             pass
 
 
-def interrupted(action: str, signum: int) -> Exit:
-    name = signal.Signals(signum).name
-    return Exit(f"{action}: interrupted by {name}", code=128 + signum)
-
-
 # --- backup ---------------------------------------------------------------------------
 
 # Plain SQL that re-applies over an existing database of any env, on any machine:
@@ -288,9 +298,57 @@ PG_DUMP_OPTIONS = (
 )
 
 
+COMPRESSORS = ("pigz", "gzip")
+
+
 def compressor() -> str:
-    """The compression stage of the backup pipeline."""
-    return "gzip -9"
+    """The compression stage of the backup pipeline: pigz on every core when installed
+    (same gzip format, about twice as fast on two cores), else gzip; level 9 either way.
+
+    CARABASE_COMPRESSOR=gzip forces plain gzip, =pigz insists on pigz;
+    CARABASE_COMPRESS_THREADS sets pigz's thread count (default: the number of cores).
+    """
+    chosen = os.environ.get("CARABASE_COMPRESSOR", "").strip()
+    if chosen and chosen not in COMPRESSORS:
+        raise Exit(f"CARABASE_COMPRESSOR must be pigz or gzip, not {chosen!r}")
+    threads = compress_threads()  # checked even for gzip: a typo must not wait for pigz
+    if chosen == "pigz" and shutil.which("pigz") is None:
+        raise Exit("CARABASE_COMPRESSOR=pigz but pigz is not on PATH: install pigz"
+                   " (apt-get install pigz, brew install pigz) or unset CARABASE_COMPRESSOR")
+    if chosen == "gzip" or shutil.which("pigz") is None:
+        return "gzip -9"
+    return quoted("pigz", "-9", "--processes", threads)
+
+
+def compress_threads() -> int:
+    configured = os.environ.get("CARABASE_COMPRESS_THREADS", "").strip()
+    if not configured:
+        return os.cpu_count() or 1
+    if not configured.isdigit() or int(configured) < 1:
+        raise Exit(f"CARABASE_COMPRESS_THREADS must be a whole number of threads, 1 or"
+                   f" more, not {configured!r}")
+    return int(configured)
+
+
+def watching_terminal() -> str | None:
+    """The terminal our stderr is on, if any: a person is watching there. None under
+    cron, launchd and systemd (output to cron.log) or with output to a file or pipe."""
+    try:
+        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
+    except (AttributeError, OSError, ValueError):  # stderr closed or replaced
+        return None
+
+
+def progress_stage(label: str, total: int | None = None) -> str | None:
+    """A pass-through stage that draws a live progress line on the watching terminal,
+    or None when nobody watches. It draws on the terminal itself, not on its stderr,
+    which invoke captures for error messages; and drawing is best effort, so that it
+    cannot fail the pipeline."""
+    terminal = watching_terminal()
+    if terminal is None:
+        return None
+    sizes = () if total is None else ("--total", str(total))
+    return helper_command("progress", "--label", label, *sizes, "--to", terminal)
 
 
 def run_backup(c, env: str) -> Path:
@@ -298,8 +356,9 @@ def run_backup(c, env: str) -> Path:
     action = f"backup {env}"
     require_key()
     db = database(env)
+    compress = compressor()
     started = time.monotonic()
-    with env_lock(env, action):
+    with stop_on_signal(f"{action} (nothing was published)"), env_lock(env, action):
         remove_stale_partials(env)
         stamp = fresh_stamp(env)
         day = ensure_private_dir(env_dir(env) / retention.date_dir_name(stamp))
@@ -309,14 +368,12 @@ def run_backup(c, env: str) -> Path:
         try:
             command = pipeline(
                 quoted("pg_dump", *PG_DUMP_OPTIONS, "--dbname", db.uri),
-                compressor(),
+                progress_stage(f"{action}: dumped"),
+                compress,
                 helper_command("crypto", "encrypt") + " > " + quoted(partial),
             )
-            with children_stop_on_signal() as caught:
-                result = c.run(command, env=child_env(db.child_env()), hide=True,
-                               warn=True, in_stream=False)
-            if caught.signum:
-                raise interrupted(action, caught.signum)
+            result = c.run(command, env=child_env(db.child_env()), hide=True, warn=True,
+                           in_stream=False)
             if not result.ok:
                 raise Exit(f"{action} failed: {explain_pipeline_failure(result, db)}")
             publish(partial, final, action)
@@ -371,10 +428,16 @@ _STAGE_PREFIXES = ("encrypt:", "decrypt:", "gzip:", "pigz:", "psql:", "pg_dump:"
 def explain_pipeline_failure(result, db: Database) -> str:
     """One line from a failed pipeline's stderr: the root cause, plus what to do."""
     lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-    cause = next(
-        (line for prefix in _STAGE_PREFIXES for line in lines if line.startswith(prefix)),
-        lines[0] if lines else f"the pipeline exited with status {result.exited}",
+    stage, cause = next(
+        ((prefix, line) for prefix in _STAGE_PREFIXES for line in lines
+         if line.startswith(prefix) and ": detail:" not in line),
+        ("", lines[0] if lines else f"the pipeline exited with status {result.exited}"),
     )
+    # pg_dump and psql put the server's reason on "detail:" lines of their own.
+    details = [line.split("detail:", 1)[1].strip() for line in lines
+               if stage and line.startswith(stage + " detail:")]
+    if details:
+        cause += " (" + "; ".join(details) + ")"
     text = result.stderr
     if "server version mismatch" in text:
         versions = next((line for line in lines if "server version:" in line), "")
@@ -436,45 +499,61 @@ def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
     if env != "prod":
         refuse_if_reaches_prod(c, target, action)
 
-    fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz")  # 0600
-    plaintext = Path(name)
-    created = False
-    try:
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-            try:
-                crypto.decrypt_to(key, src, dst)
-            except crypto.InvalidEnvelope as error:
-                raise Exit(f"{action} refused: {source.name}: {error}") from None
-            except OSError as error:
-                raise Exit(f"{action}: cannot decrypt {source}: {error.strerror}") from None
-        check = c.run(quoted("gzip", "-t", plaintext), hide=True, warn=True, in_stream=False)
-        if not check.ok:
-            raise Exit(f"{action} refused: {source.name} decrypts but its gzip stream is damaged")
-
+    with stop_on_signal(f"{action} (nothing was changed)"), private_tempfile() as plaintext:
+        decrypt_and_check(c, key, source, plaintext, action)
         confirm_restore(source, env, target, yes, action)
         started = time.monotonic()
-        created = create_database_if_missing(c, target, action)
+        apply_backup(c, plaintext, target, action)
+    elapsed = time.monotonic() - started
+    print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+
+
+@contextmanager
+def private_tempfile():
+    """A 0600 temporary file from the moment it exists, deleted whatever happens."""
+    fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+def decrypt_and_check(c, key: bytes, source: Path, plaintext: Path, action: str) -> None:
+    """Decrypt `source` into `plaintext`, checking the tag and then the gzip stream."""
+    try:
+        with open(source, "rb") as src, open(plaintext, "wb") as dst:
+            crypto.decrypt_to(key, src, dst)
+    except crypto.InvalidEnvelope as error:
+        raise Exit(f"{action} refused: {source.name}: {error}") from None
+    except OSError as error:
+        raise Exit(f"{action}: cannot decrypt {source}: {error.strerror}") from None
+    check = c.run(quoted("gzip", "-t", plaintext), hide=True, warn=True, in_stream=False)
+    if not check.ok:
+        raise Exit(f"{action} refused: {source.name} decrypts but its gzip stream is damaged")
+
+
+def apply_backup(c, plaintext: Path, target: Database, action: str) -> None:
+    """Apply the dump in one transaction; on any failure the target is as it was."""
+    created = create_database_if_missing(c, target, action)
+    try:
+        # With a person watching, a progress stage feeds gzip from the file, so that its
+        # percentage is of the backup itself (gzip and psql keep pace through the pipes).
+        watch = progress_stage(f"{action}: read", total=plaintext.stat().st_size)
         command = pipeline(
-            quoted("gzip", "-dc", plaintext),
+            watch and f"{watch} < {quoted(plaintext)}",
+            "gzip -dc" if watch else quoted("gzip", "-dc", plaintext),
             psql_command(target, "--single-transaction", "--file", "-") + " > /dev/null",
         )
-        with children_stop_on_signal() as caught:
-            result = c.run(command, env=child_env(target.child_env()), hide=True, warn=True,
-                           in_stream=False)
-        if caught.signum:
-            raise interrupted(f"{action} (nothing was changed)", caught.signum)
+        result = c.run(command, env=child_env(target.child_env()), hide=True, warn=True,
+                       in_stream=False)
         if not result.ok:
             raise Exit(f"{action} failed, nothing was changed: "
                        f"{explain_pipeline_failure(result, target)}")
-        created = False  # the restore succeeded: the new database stays
-    except KeyboardInterrupt:
-        raise Exit(f"{action}: cancelled, nothing was changed", code=130) from None
-    finally:
-        plaintext.unlink(missing_ok=True)
-        if created:
+    except BaseException:
+        if created:  # it did not exist before: leave it not existing
             drop_database(c, target)
-    elapsed = time.monotonic() - started
-    print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+        raise
 
 
 def confirm_restore(source: Path, env: str, target: Database, yes: bool, action: str) -> None:
@@ -558,8 +637,9 @@ def create_database_if_missing(c, target: Database, action: str) -> bool:
 
 def drop_database(c, target: Database) -> None:
     """Undo create_database_if_missing after a failed restore."""
-    run_sql_with_name(c, target.on_database("postgres"), 'drop database if exists :"name"',
-                      target.name)
+    # FORCE: the backend of a psql we just stopped may still be finishing.
+    run_sql_with_name(c, target.on_database("postgres"),
+                      'drop database if exists :"name" with (force)', target.name)
 
 
 @task(
@@ -730,6 +810,309 @@ def status_json(worst: str, reports: list[Freshness]) -> str:
                       indent=2)
 
 
+# --- schedule -------------------------------------------------------------------------
+
+PLATFORMS = ("launchd", "systemd")
+
+
+def default_platform() -> str:
+    return "launchd" if sys.platform == "darwin" else "systemd"
+
+
+@dataclass(frozen=True)
+class ScheduleFile:
+    path: Path
+    content: bytes
+    mode: int = 0o644
+
+
+def launch_agent_path(env: str) -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / launchd.plist_name(env)
+
+
+def systemd_user_dir() -> Path:
+    configured = os.environ.get("XDG_CONFIG_HOME")
+    absolute = configured and os.path.isabs(configured)
+    base = Path(configured) if absolute else Path.home() / ".config"
+    return base / "systemd" / "user"
+
+
+def schedule_log(env: str) -> Path:
+    """Where the scheduled runs of `env` write what they print."""
+    return Path(os.path.abspath(env_dir(env) / "cron.log"))
+
+
+def schedule_inputs(env: str, action: str) -> dict:
+    """The inputs of the schedule files, checked now so that no schedule is installed
+    that would fail every night: a key file that loads, a database URL without a
+    password, pg_dump and invoke where the job will look for them."""
+    if os.environ.get("HOST_MASTER_KEY") and not os.environ.get("HOST_MASTER_KEY_FILE"):
+        raise Exit(
+            f"{action}: refusing to write HOST_MASTER_KEY into a schedule file; keep the key"
+            " in a 0600 file instead: mkdir -p ~/.carabase && (umask 077; printenv"
+            " HOST_MASTER_KEY > ~/.carabase/master.key), then export"
+            " HOST_MASTER_KEY_FILE=~/.carabase/master.key, unset HOST_MASTER_KEY and run"
+            " this again"
+        )
+    try:
+        crypto.load_key(os.environ)
+    except crypto.MasterKeyError as error:
+        raise Exit(f"{action}: refusing to install a schedule that would fail: {error}") from None
+    key_file = os.path.abspath(os.environ["HOST_MASTER_KEY_FILE"])
+
+    db = database(env)
+    if db.password is not None:
+        raise Exit(
+            f"{action}: {db.variable} holds a password, which would be written into the"
+            " schedule file: take it out of the URL and put it in ~/.pgpass (chmod 600)"
+        )
+    ignored = sorted(name for name in os.environ if name.startswith("PG") and name != "PGAPPNAME")
+    if ignored:
+        warn(f"NOTE: the nightly job will not see {', '.join(ignored)}: name the server, port"
+             f" and user in {db.variable}, and keep a password in ~/.pgpass (chmod 600)")
+    variables = {}
+    if os.environ.get(db.variable):
+        variables[db.variable] = os.environ[db.variable]
+    variables["HOST_MASTER_KEY_FILE"] = key_file
+
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise Exit(
+            f"{action}: pg_dump is not on PATH: install the PostgreSQL client tools"
+            " (or add their directory to PATH) and run this again"
+        )
+    invoke = Path(sys.executable).parent / "invoke"
+    if not os.access(invoke, os.X_OK):
+        raise Exit(
+            f"{action}: no invoke program next to {sys.executable}:"
+            " install this project into that environment (pip install -e .)"
+        )
+    return {
+        "env": env,
+        "invoke": os.path.abspath(invoke),
+        "repo": str(REPO),
+        "backup_dir": os.path.abspath(backup_root()),
+        "log_path": str(schedule_log(env)),
+        "path": schedule.job_path(os.path.dirname(os.path.abspath(pg_dump))),
+        "variables": variables,
+    }
+
+
+def schedule_files(env: str, platform: str, action: str) -> list[ScheduleFile]:
+    inputs = schedule_inputs(env, action)
+    try:
+        if platform == "launchd":
+            warn_if_macos_protected(inputs)
+            return [ScheduleFile(launch_agent_path(env), launchd.render_plist(**inputs))]
+        units = systemd.render_units(**inputs)
+    except schedule.UnsafeSchedule as error:
+        raise Exit(f"{action}: {error}") from None
+    return [ScheduleFile(systemd_user_dir() / name, text.encode()) for name, text in units.items()]
+
+
+def check_platform(platform: str | None) -> str:
+    platform = platform or default_platform()
+    if platform not in PLATFORMS:
+        raise Exit(f"unknown platform {platform!r}: expected launchd or systemd")
+    return platform
+
+
+def write_atomically(file: ScheduleFile, action: str) -> None:
+    """Replace `file.path` in one step: a reader sees the old file or the new, whole."""
+    partial = file.path.with_name(f".{file.path.name}.{os.getpid()}.tmp")
+    try:
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
+        try:
+            os.fchmod(fd, file.mode)
+            with os.fdopen(os.dup(fd), "wb") as stream:
+                stream.write(file.content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, file.path)
+    except OSError as error:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # its folder is what failed
+            pass
+        raise Exit(f"{action}: cannot write {file.path}: {error.strerror or error}") from None
+
+
+def prepare_log(env: str, action: str) -> Path:
+    """The env's directory (0700) and its cron.log (0600): launchd and systemd create
+    neither the directory nor, with our modes, the file."""
+    log = schedule_log(env)
+    try:
+        ensure_private_dir(env_dir(env))
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as error:
+        raise Exit(f"{action}: cannot create {log}: {error.strerror or error}") from None
+    return log
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# Folders macOS keeps from background jobs that were never granted access to them.
+MACOS_PROTECTED = ("Desktop", "Documents", "Downloads", "Library/Mobile Documents")
+
+
+def warn_if_macos_protected(inputs: dict) -> None:
+    home = Path.home()
+    paths = [inputs["repo"], inputs["backup_dir"], inputs["variables"]["HOST_MASTER_KEY_FILE"]]
+    for path in paths:
+        for folder in MACOS_PROTECTED:
+            if Path(path).is_relative_to(home / folder):
+                warn(f"WARNING: {path} is inside ~/{folder}, which macOS may not let a"
+                     " launchd job read: if cron.log shows 'Operation not permitted', move it"
+                     " elsewhere or give the job's python Full Disk Access")
+                break
+
+
+def last_line(result) -> str:
+    text = (result.stderr or result.stdout or "").strip()
+    return text.splitlines()[-1] if text else f"exit status {result.exited}"
+
+
+def launchctl_commands(env: str, plist: Path) -> tuple[str, str]:
+    domain = f"gui/{os.getuid()}"
+    return (quoted("launchctl", "bootout", f"{domain}/{launchd.label(env)}"),
+            quoted("launchctl", "bootstrap", domain, plist))
+
+
+def systemd_user_manager(c) -> str | None:
+    """None when `systemctl --user` reaches a user manager, else why not."""
+    if shutil.which("systemctl") is None:
+        return "systemctl is not installed"
+    probe = c.run("systemctl --user show --property=Version", warn=True, hide=True, in_stream=False)
+    return None if probe.ok else f"systemctl --user failed: {last_line(probe)}"
+
+
+def load_launchd(c, env: str, plist: Path, action: str) -> None:
+    bootout, bootstrap = launchctl_commands(env, plist)
+    if shutil.which("launchctl") is None:
+        warn(f"WARNING: launchctl not found, so the job is written but not loaded;"
+             f" on the Mac, run: {bootstrap}")
+        return
+    c.run(bootout, warn=True, hide=True, in_stream=False)  # fails when not loaded: fine
+    result = c.run(bootstrap, warn=True, hide=True, in_stream=False)
+    if result.failed:
+        raise Exit(f"{action}: wrote {plist} but could not load it ({last_line(result)});"
+                   f" run: {bootstrap}")
+    print(f"loaded {launchd.label(env)} into launchd")
+
+
+def load_systemd(c, env: str, action: str) -> None:
+    timer = systemd.unit_name(env, "timer")
+    enable = f"systemctl --user daemon-reload && systemctl --user enable --now {timer}"
+    absent = systemd_user_manager(c)
+    if absent is not None:
+        warn(f"WARNING: no systemd user manager ({absent}), so the timer is written but"
+             f" not enabled; in a session with one, run: {enable}")
+        return
+    for command in ("systemctl --user daemon-reload", f"systemctl --user enable --now {timer}"):
+        result = c.run(command, warn=True, hide=True, in_stream=False)
+        if result.failed:
+            raise Exit(f"{action}: {command} failed ({last_line(result)}); run: {enable}")
+    print(f"enabled {timer}")
+    linger = c.run(quoted("loginctl", "show-user", os.getuid(), "--property=Linger", "--value"),
+                   warn=True, hide=True, in_stream=False)
+    if linger.ok and linger.stdout.strip() == "no":
+        warn("NOTE: the timer runs only while you are logged in;"
+             " to run it at night regardless, run: loginctl enable-linger $USER")
+
+
+@task(
+    help={
+        "env": "dev, staging or prod",
+        "platform": "launchd or systemd (default: launchd on macOS, systemd elsewhere)",
+        "dry-run": "print what would be written and run, and change nothing",
+    }
+)
+def install_cron(c, env, platform=None, dry_run=False):
+    """Run backup.<env> then backup.prune <env> every night at 03:17 local time."""
+    action = f"install-cron {check_env(env)}"
+    platform = check_platform(platform)
+    files = schedule_files(env, platform, action)
+    log = schedule_log(env)
+    if dry_run:
+        for file in files:
+            print(f"would write {file.path} (mode {file.mode:04o}):")
+            print(file.content.decode(), end="" if file.content.endswith(b"\n") else "\n")
+        print(f"would create {log} (mode 0600) for the output of the nightly runs")
+        if platform == "launchd":
+            print("would run: " + "; ".join(launchctl_commands(env, files[0].path)))
+        else:
+            timer = systemd.unit_name(env, "timer")
+            print(f"would run: systemctl --user daemon-reload;"
+                  f" systemctl --user enable --now {timer}")
+        print("dry run: nothing written")
+        return
+    prepare_log(env, action)
+    for file in files:
+        write_atomically(file, action)
+        print(f"wrote {file.path}")
+    if platform == "launchd":
+        load_launchd(c, env, files[0].path, action)
+    else:
+        load_systemd(c, env, action)
+    print(f"{env}: backup then prune every night at"
+          f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
+
+
+@task(
+    help={
+        "env": "dev, staging or prod",
+        "platform": "launchd or systemd (default: launchd on macOS, systemd elsewhere)",
+        "dry-run": "print what would be removed and run, and change nothing",
+    }
+)
+def uninstall_cron(c, env, platform=None, dry_run=False):
+    """Remove the nightly schedule of an env (its backups and cron.log stay)."""
+    action = f"uninstall-cron {check_env(env)}"
+    platform = check_platform(platform)
+    if platform == "launchd":
+        paths = [launch_agent_path(env)]
+        bootout = launchctl_commands(env, paths[0])[0]
+        commands = [bootout] if shutil.which("launchctl") else []
+    else:
+        timer = systemd.unit_name(env, "timer")
+        paths = [systemd_user_dir() / systemd.unit_name(env, kind) for kind in ("timer", "service")]
+        # `enable` links the timer here; `disable` unlinks it, even with no manager running.
+        paths.append(systemd_user_dir() / "timers.target.wants" / timer)
+        commands = [f"systemctl --user disable --now {timer}"] if shutil.which("systemctl") else []
+    present = [path for path in paths if path.is_symlink() or path.exists()]
+    if dry_run:
+        for command in commands:
+            print(f"would run: {command}")
+        for path in present:
+            print(f"would remove {path}")
+        print("dry run: nothing removed")
+        return
+    unloaded = False
+    for command in commands:
+        unloaded |= c.run(command, warn=True, hide=True, in_stream=False).ok
+    removed = []
+    for path in paths:
+        if path.is_symlink() or path.exists():
+            try:
+                path.unlink()
+            except OSError as error:
+                raise Exit(f"{action}: cannot remove {path}: {error.strerror or error}") from None
+            removed.append(path)
+            print(f"removed {path}")
+    if platform == "systemd" and removed and systemd_user_manager(c) is None:
+        c.run("systemctl --user daemon-reload", warn=True, hide=True, in_stream=False)
+        c.run(f"systemctl --user reset-failed {systemd.unit_name(env, 'service')}",
+              warn=True, hide=True, in_stream=False)
+    if not removed and not unloaded:
+        print(f"{env}: no nightly schedule was installed ({platform})")
+        return
+    print(f"{env}: nightly schedule removed; the backups and {schedule_log(env)} stay")
+
+
 # --- tasks ----------------------------------------------------------------------------
 
 
@@ -740,3 +1123,5 @@ for _task in (backup_dev, backup_staging, backup_prod, restore):
     backup_tasks.add_task(_task)
 backup_tasks.add_task(prune)
 backup_tasks.add_task(status)
+backup_tasks.add_task(install_cron)
+backup_tasks.add_task(uninstall_cron)
