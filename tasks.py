@@ -488,7 +488,7 @@ def psql_command(db: Database, *args: str) -> str:
 def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
     action = f"restore into {env}"
     check_env(env)
-    source = Path(file).expanduser().resolve()
+    source = user_path(file)
     if not source.is_file():
         raise Exit(f"{action}: no such backup file: {source}")
     key = require_key()
@@ -506,6 +506,15 @@ def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
         apply_backup(c, plaintext, target, action)
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+
+
+def user_path(file: str) -> Path:
+    """A path as the user typed it. pnpm and npm run scripts from the repository root,
+    and say in INIT_CWD where the user was."""
+    path = Path(file).expanduser()
+    if not path.is_absolute() and os.environ.get("npm_lifecycle_event"):
+        path = Path(os.environ.get("INIT_CWD", ".")) / path
+    return path.resolve()
 
 
 @contextmanager

@@ -113,3 +113,21 @@ def test_alias_of_a_failing_task_fails_with_invoke_message(pnpm_environ):
     result = pnpm("backup:prune", "qa", env=pnpm_environ)
     assert result.returncode == 1
     assert "unknown env 'qa'" in result.stderr
+
+
+@needs_pnpm
+def test_restore_alias_reads_a_relative_path_from_where_pnpm_was_run(pnpm_environ, tmp_path):
+    # pnpm runs the script from the repository; the file is relative to the user's cwd.
+    elsewhere = tmp_path / "where-the-user-is"
+    elsewhere.mkdir()
+    key = tmp_path / "key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+
+    result = subprocess.run(
+        [PNPM, "--dir", str(REPO), "backup:restore", "dev", "copied.sql.gz.enc", "--yes"],
+        cwd=elsewhere, env={**pnpm_environ, "HOST_MASTER_KEY_FILE": str(key)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode != 0
+    assert f"no such backup file: {elsewhere / 'copied.sql.gz.enc'}" in result.stderr
