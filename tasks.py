@@ -301,23 +301,38 @@ PG_DUMP_OPTIONS = (
 COMPRESSORS = ("pigz", "gzip")
 
 
-def compressor() -> str:
-    """The compression stage of the backup pipeline: pigz on every core when installed
-    (same gzip format, about twice as fast on two cores), else gzip; level 9 either way.
+def compression_program() -> str:
+    """pigz or gzip: CARABASE_COMPRESSOR if set, else pigz when it is on PATH.
 
-    CARABASE_COMPRESSOR=gzip forces plain gzip, =pigz insists on pigz;
-    CARABASE_COMPRESS_THREADS sets pigz's thread count (default: the number of cores).
+    Either writes the same gzip format, so restores never depend on which one made a
+    backup; pigz is just faster (on every core for compression, zlib's inflate for -t).
     """
     chosen = os.environ.get("CARABASE_COMPRESSOR", "").strip()
     if chosen and chosen not in COMPRESSORS:
         raise Exit(f"CARABASE_COMPRESSOR must be pigz or gzip, not {chosen!r}")
-    threads = compress_threads()  # checked even for gzip: a typo must not wait for pigz
     if chosen == "pigz" and shutil.which("pigz") is None:
         raise Exit("CARABASE_COMPRESSOR=pigz but pigz is not on PATH: install pigz"
                    " (apt-get install pigz, brew install pigz) or unset CARABASE_COMPRESSOR")
     if chosen == "gzip" or shutil.which("pigz") is None:
-        return "gzip -9"
-    return quoted("pigz", "-9", "--processes", threads)
+        return "gzip"
+    return "pigz"
+
+
+def compressor() -> str:
+    """The compression stage of the backup pipeline, level 9 whichever program; pigz
+    runs CARABASE_COMPRESS_THREADS threads (default: one per core)."""
+    threads = compress_threads()  # checked even for gzip: a typo must not wait for pigz
+    if compression_program() == "pigz":
+        return quoted("pigz", "-9", "-p", threads)
+    return "gzip -9"
+
+
+def gzip_check(path: Path) -> str:
+    """A command that fails unless `path` holds an intact gzip stream. pigz -t takes half
+    the time of gzip -t; its -v makes it refuse trailing junk, as gzip -t does."""
+    if compression_program() == "pigz":
+        return quoted("pigz", "-t", "-v", path)
+    return quoted("gzip", "-t", path)
 
 
 def compress_threads() -> int:
@@ -537,7 +552,7 @@ def decrypt_and_check(c, key: bytes, source: Path, plaintext: Path, action: str)
         raise Exit(f"{action} refused: {source.name}: {error}") from None
     except OSError as error:
         raise Exit(f"{action}: cannot decrypt {source}: {error.strerror}") from None
-    check = c.run(quoted("gzip", "-t", plaintext), hide=True, warn=True, in_stream=False)
+    check = c.run(gzip_check(plaintext), hide=True, warn=True, in_stream=False)
     if not check.ok:
         raise Exit(f"{action} refused: {source.name} decrypts but its gzip stream is damaged")
 
@@ -548,11 +563,20 @@ def apply_backup(c, plaintext: Path, target: Database, action: str) -> None:
     try:
         # With a person watching, a progress stage feeds gzip from the file, so that its
         # percentage is of the backup itself (gzip and psql keep pace through the pipes).
+        # gzip even when pigz is installed: psql sets the pace here, and pigz -dc was
+        # measured no faster (its threads compete with psql and the server for the cores).
         watch = progress_stage(f"{action}: read", total=plaintext.stat().st_size)
+        if watch:
+            decompress = f"{watch} < {quoted(plaintext)} | gzip -dc"
+        else:
+            decompress = quoted("gzip", "-dc", plaintext)
+        # One transaction, committed only if the whole dump came through. Not psql's
+        # --single-transaction: it sends COMMIT whenever its input ends, so a gzip killed
+        # half-way would commit half a restore. Without our COMMIT, psql leaves with the
+        # transaction open and the server rolls it back.
         command = pipeline(
-            watch and f"{watch} < {quoted(plaintext)}",
-            "gzip -dc" if watch else quoted("gzip", "-dc", plaintext),
-            psql_command(target, "--single-transaction", "--file", "-") + " > /dev/null",
+            f"{{ echo 'BEGIN;'; {decompress} && echo 'COMMIT;'; }}",
+            psql_command(target, "--file", "-") + " > /dev/null",
         )
         result = c.run(command, env=child_env(target.child_env()), hide=True, warn=True,
                        in_stream=False)

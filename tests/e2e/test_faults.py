@@ -396,3 +396,52 @@ def test_interrupted_backup_publishes_nothing_and_exits_128_plus_signal(
     assert published(backup_dir) == [earlier] and unchanged(earlier, digest)
     assert partials(backup_dir) == []
     wait_for(lambda: our_backends(pg, big_db) == 0, "pg_dump to disconnect", timeout=10)
+
+
+# --- 9. the decompression dies half-way through a restore ---------------------------
+
+
+def processes_running(program: str, *words: str) -> list[int]:
+    """Pids of `program` (by argv[0]) whose arguments contain each of `words`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if Path(argv[0]).name == program and all(
+                    any(word in arg for arg in argv[1:]) for word in words):
+                found.append(int(entry.name))
+    return found
+
+
+def copying_into(pg, dbname: str) -> bool:
+    return pg.psql("postgres", "select count(*) from pg_stat_activity where query like"
+                               f" 'COPY%' and datname = '{dbname}'"
+                               " and application_name = 'carabase-backup'").strip() != "0"
+
+
+def test_restore_whose_decompression_is_killed_midway_commits_nothing(
+        big_environ, pg, database_factory, backup_dir, tmp_path):
+    backup = run_invoke("backup.dev", env=big_environ)
+    assert backup.returncode == 0, backup.stderr
+    [big_backup] = published(backup_dir)
+    target = database_factory()
+    pg.psql(target, "create table filler (id int primary key, body text);"
+                    " insert into filler select g, 'original' from generate_series(1, 5) g")
+    before = snapshot(pg, target)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    restore = start_invoke("backup.restore", "staging", str(big_backup), "--yes", env={
+        **big_environ, "TMPDIR": str(scratch), "CARABASE_STAGING_DATABASE_URL": pg.url(target)})
+    wait_for(lambda: copying_into(pg, target), "psql to be copying rows")
+
+    [gunzip] = processes_running("gzip", "-dc", str(scratch))
+    os.kill(gunzip, signal.SIGKILL)
+    stdout, stderr = restore.communicate(timeout=60)
+
+    assert restore.returncode != 0 and "nothing was changed" in stderr
+    wait_for(lambda: our_backends(pg, target) == 0, "psql's backend to go away")
+    assert snapshot(pg, target) == before
+    assert list(scratch.iterdir()) == []
