@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -34,6 +35,7 @@ from invoke import Collection, Exit, task
 from helpers import crypto, launchd, retention, schedule, systemd
 
 ENVS = ("dev", "staging", "prod")
+DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 REPO = Path(__file__).resolve().parent
 
 
@@ -48,7 +50,12 @@ def check_env(env: str) -> str:
 
 def backup_root() -> Path:
     configured = os.environ.get("CARABASE_BACKUP_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".carabase" / "backups"
+    if not configured:
+        return Path.home() / ".carabase" / "backups"
+    root = Path(configured).expanduser()
+    if not root.is_absolute():  # it would follow the current directory around
+        raise Exit(f"CARABASE_BACKUP_DIR must be an absolute path, not {configured!r}")
+    return root
 
 
 def env_dir(env: str) -> Path:
@@ -93,12 +100,25 @@ def database(env: str) -> Database:
 
 
 def parse_database_url(url: str, variable: str) -> Database:
-    parts = urlsplit(url)
+    """Split a libpq URL into a password-free URI and the password. Messages never quote
+    the URL itself: it may hold a password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unbalanced IPv6 brackets
+        raise Exit(f"{variable} is not a valid postgresql:// URL") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise Exit(f"{variable} is not a postgresql:// URL")
+    if parts.fragment or ("@" not in parts.netloc and "@" in url[len(parts.scheme) + 3:]):
+        # A password holding '/', '?' or '#' cuts the URL short before its '@': the
+        # password would then be read as a host and port, and shown in argv.
+        raise Exit(f"{variable} cannot be read as a URL: percent-encode special"
+                   " characters in the user name and password (/ as %2F, ? as %3F, # as %23)")
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
     params = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "sslpassword" for key, _ in params):
+        raise Exit(f"{variable}: sslpassword in the URL would show in process arguments;"
+                   " use a client key without a passphrase, or libpq's service file")
     query_password = [value for key, value in params if key == "password"]
     query_dbname = [value for key, value in params if key == "dbname"]
     params = [(key, value) for key, value in params if key not in ("password", "dbname")]
@@ -107,7 +127,8 @@ def parse_database_url(url: str, variable: str) -> Database:
     if not name:
         raise Exit(f"{variable} names no database: end it with /<database name>")
     netloc = (user + "@" if at and user else "") + hostport
-    uri = build_uri(parts.scheme, netloc, name, urlencode(params))
+    # quote_via=quote: libpq decodes %20, not '+', as a space.
+    uri = build_uri(parts.scheme, netloc, name, urlencode(params, quote_via=quote))
     if query_password:
         secret = query_password[-1]
     elif password:
@@ -131,6 +152,8 @@ def ensure_private_dir(path: Path) -> Path:
     for directory in (*reversed(path.parents), path):
         if not directory.exists():
             directory.mkdir(mode=0o700, exist_ok=True)
+        elif not directory.is_dir():
+            raise Exit(f"{directory} is not a directory: check CARABASE_BACKUP_DIR")
         elif directory == root or root in directory.parents:
             if directory.stat().st_mode & 0o077:
                 directory.chmod(0o700)
@@ -143,14 +166,20 @@ def list_backups(env: str) -> list[tuple[datetime, Path]]:
     root = env_dir(env)
     if not root.is_dir():
         return found
-    for day in root.iterdir():
-        if not day.is_dir():
-            continue
+    for day in date_dirs(root):
         for entry in day.iterdir():
             stamp = retention.parse_backup_name(entry.name)
-            if stamp is not None and entry.is_file():
+            # A copy filed under another day (or a folder of its own) is the user's.
+            if stamp is not None and retention.date_dir_name(stamp) == day.name \
+                    and entry.is_file():
                 found.append((stamp, entry))
     return sorted(found)
+
+
+def date_dirs(root: Path) -> list[Path]:
+    """The YYYY-MM-DD directories of an env: the only ones backups live in."""
+    return [day for day in root.iterdir()
+            if DATE_DIR.match(day.name) and day.is_dir() and not day.is_symlink()]
 
 
 def remove_stale_partials(env: str) -> list[Path]:
@@ -159,13 +188,12 @@ def remove_stale_partials(env: str) -> list[Path]:
     root = env_dir(env)
     if not root.is_dir():
         return removed
-    for day in root.iterdir():
-        if day.is_dir():
-            for entry in day.iterdir():
-                if retention.is_partial_name(entry.name):
-                    entry.unlink(missing_ok=True)
-                    removed.append(entry)
-            remove_if_empty(day)
+    for day in date_dirs(root):
+        for entry in day.iterdir():
+            if retention.is_partial_name(entry.name):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+        remove_if_empty(day)
     return removed
 
 
@@ -174,6 +202,16 @@ def remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:  # not empty (or already gone): leave it
         pass
+
+
+@contextmanager
+def os_errors_reported(action: str):
+    """An unreadable directory, a full disk...: one line naming the file, no traceback."""
+    try:
+        yield
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        raise Exit(f"{action} failed:{where}: {error.strerror or error}") from None
 
 
 @contextmanager
@@ -244,10 +282,11 @@ def stop_on_signal(action: str):
 
     def on_signal(signum, frame):
         nonlocal raised
+        if raised:  # a second signal must not break the cleanup of the first
+            return
+        raised = True
         terminate_descendants()
-        if not raised:  # a second signal must not break the cleanup of the first
-            raised = True
-            raise Interrupted(signum)
+        raise Interrupted(signum)
 
     watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, on_signal) for signum in watched}
@@ -373,7 +412,8 @@ def run_backup(c, env: str) -> Path:
     db = database(env)
     compress = compressor()
     started = time.monotonic()
-    with stop_on_signal(f"{action} (nothing was published)"), env_lock(env, action):
+    with os_errors_reported(action), stop_on_signal(f"{action} (nothing was published)"), \
+            env_lock(env, action):
         remove_stale_partials(env)
         stamp = fresh_stamp(env)
         day = ensure_private_dir(env_dir(env) / retention.date_dir_name(stamp))
@@ -504,8 +544,10 @@ def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
     action = f"restore into {env}"
     check_env(env)
     source = user_path(file)
-    if not source.is_file():
+    if not source.exists():
         raise Exit(f"{action}: no such backup file: {source}")
+    if not source.is_file():
+        raise Exit(f"{action}: {source} is not a file")
     key = require_key()
     i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
     if env == "prod" and not i_know:
@@ -526,7 +568,10 @@ def run_restore(c, env: str, file: str, yes: bool, i_know: bool) -> None:
 def user_path(file: str) -> Path:
     """A path as the user typed it. pnpm and npm run scripts from the repository root,
     and say in INIT_CWD where the user was."""
-    path = Path(file).expanduser()
+    try:
+        path = Path(file).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        path = Path(file)
     if not path.is_absolute() and os.environ.get("npm_lifecycle_event"):
         path = Path(os.environ.get("INIT_CWD", ".")) / path
     return path.resolve()
@@ -546,12 +591,17 @@ def private_tempfile():
 def decrypt_and_check(c, key: bytes, source: Path, plaintext: Path, action: str) -> None:
     """Decrypt `source` into `plaintext`, checking the tag and then the gzip stream."""
     try:
-        with open(source, "rb") as src, open(plaintext, "wb") as dst:
+        src = open(source, "rb")
+    except OSError as error:
+        raise Exit(f"{action}: cannot read {source}: {error.strerror}") from None
+    try:
+        with src, open(plaintext, "wb") as dst:
             crypto.decrypt_to(key, src, dst)
     except crypto.InvalidEnvelope as error:
         raise Exit(f"{action} refused: {source.name}: {error}") from None
     except OSError as error:
-        raise Exit(f"{action}: cannot decrypt {source}: {error.strerror}") from None
+        raise Exit(f"{action}: cannot decrypt {source} into {plaintext.parent}"
+                   f" (set TMPDIR to use another directory): {error.strerror}") from None
     check = c.run(gzip_check(plaintext), hide=True, warn=True, in_stream=False)
     if not check.ok:
         raise Exit(f"{action} refused: {source.name} decrypts but its gzip stream is damaged")
@@ -599,7 +649,10 @@ def confirm_restore(source: Path, env: str, target: Database, yes: bool, action:
     taken = f" taken {stamp:%Y-%m-%d %H:%M:%S}Z" if stamp else ""
     print(f"This replaces the contents of {env}'s database {target.uri}\n"
           f"with the backup {source}{taken}.")
-    answer = input("Type 'yes' to restore: ")
+    try:
+        answer = input("Type 'yes' to restore: ")
+    except EOFError:  # Ctrl-D
+        answer = ""
     if answer.strip().lower() != "yes":
         raise Exit(f"{action}: cancelled, nothing was changed")
 
@@ -607,15 +660,24 @@ def confirm_restore(source: Path, env: str, target: Database, yes: bool, action:
 def server_identity(c, db: Database) -> tuple[str, str] | None:
     """(cluster system identifier, database name) that `db` leads to; None if unreachable.
 
-    The identifier is unique per PostgreSQL cluster, so two URLs spelled differently
-    (localhost vs 127.0.0.1, a socket path, a tunnel) still compare equal.
+    The identifier is unique per PostgreSQL cluster, and the name is the one the server
+    reports, so URLs spelled differently (localhost vs 127.0.0.1, a socket path, a
+    tunnel, a pooler's alias) still compare equal. A database that does not exist yet
+    is named as its URL names it, on the cluster its server belongs to.
     """
-    query = "select system_identifier from pg_control_system()"
-    for candidate in (db, db.on_database("postgres"), db.on_database("template1")):
-        result = c.run(psql_command(candidate, "-At", "-c", query), env=candidate.child_env(),
-                       hide=True, warn=True, in_stream=False)
-        if result.ok:
-            return result.stdout.strip(), db.name
+    def ask(candidate: Database, query: str):
+        result = c.run(psql_command(candidate, "-At", "-c", query),
+                       env=candidate.child_env(), hide=True, warn=True, in_stream=False)
+        return result.stdout.strip() if result.ok else None
+
+    reached = ask(db, "select system_identifier, current_database() from pg_control_system()")
+    if reached:
+        cluster, _, name = reached.partition("|")
+        return cluster, name
+    for maintenance in (db.on_database("postgres"), db.on_database("template1")):
+        cluster = ask(maintenance, "select system_identifier from pg_control_system()")
+        if cluster:
+            return cluster, db.name
     return None
 
 
@@ -697,12 +759,13 @@ def run_prune(env: str, dry_run: bool) -> None:
     if not root.is_dir():
         print(f"{env}: nothing to prune: {root} does not exist")
         return
-    if dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
-        prune_backups(env, dry_run=True)
-        return
-    with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
-        remove_stale_partials(env)
-        prune_backups(env, dry_run=False)
+    with os_errors_reported(f"prune {env}"):
+        if dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
+            prune_backups(env, dry_run=True)
+            return
+        with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
+            remove_stale_partials(env)
+            prune_backups(env, dry_run=False)
 
 
 def prune_backups(env: str, dry_run: bool) -> None:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -167,8 +169,12 @@ def decrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO) -> int:
 
 
 def decrypt_to(key: bytes, src: BinaryIO, dst: BinaryIO) -> int:
-    """Decrypt so that `dst` only ever receives authenticated plaintext, or nothing."""
-    if _is_regular_file(dst):
+    """Decrypt so that `dst` only ever keeps authenticated plaintext, or nothing.
+
+    A regular file (not opened for appending) is written directly and cut back on
+    failure; anything else gets the plaintext only once the tag has been checked.
+    """
+    if _is_regular_file(dst) and not _is_appending(dst):
         start = dst.tell()
         try:
             return decrypt_stream(key, src, dst)
@@ -191,6 +197,11 @@ def _read_exactly(src: BinaryIO, size: int) -> bytes:
     return data
 
 
+def _is_appending(stream: BinaryIO) -> bool:
+    # `>>`: every write lands at the end, and cutting back to tell() would empty the file.
+    return bool(fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_APPEND)
+
+
 def _is_regular_file(stream: BinaryIO) -> bool:
     try:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
@@ -206,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     action = argv[0]
     stdout = sys.stdout.buffer
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so that decrypt_to can take back
+    # unauthenticated output on the way out.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         key = load_key()
         if action == "encrypt":
@@ -227,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{action}: {error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(f"{action}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _silence_stdout() -> None:

@@ -336,7 +336,8 @@ def test_restore_without_terminal_or_yes_refuses_instead_of_waiting(dev_environ,
     assert snapshot(pg, source_db) == before
 
 
-@pytest.mark.parametrize("answer, restored", [("yes", True), ("no", False)])
+@pytest.mark.parametrize("answer, restored", [("yes\n", True), ("no\n", False),
+                                              ("\x04", False)])  # Ctrl-D
 def test_restore_on_a_terminal_asks_and_obeys_the_answer(dev_environ, pg, source_db, answer,
                                                          restored):
     backup = take_backup(dev_environ)
@@ -345,14 +346,14 @@ def test_restore_on_a_terminal_asks_and_obeys_the_answer(dev_environ, pg, source
     changed = snapshot(pg, source_db)
     controller, terminal = os.openpty()
     try:
-        os.write(controller, f"{answer}\n".encode())
+        os.write(controller, answer.encode())
         result = run_invoke("backup.restore", "dev", str(backup), env=dev_environ,
                             stdin=terminal, timeout=60)
     finally:
         os.close(controller)
         os.close(terminal)
 
-    assert "Type 'yes'" in result.stdout
+    assert "Type 'yes'" in result.stdout and "Traceback" not in result.stderr
     assert (result.returncode == 0) == restored, result.stderr
     assert snapshot(pg, source_db) == (original if restored else changed)
 

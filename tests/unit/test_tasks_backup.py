@@ -53,6 +53,7 @@ def test_backup_pipeline_fails_on_any_stage_and_quotes_every_value(monkeypatch, 
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "it's here"))
     monkeypatch.setenv("HOST_MASTER_KEY", "ab" * 32)
     monkeypatch.setenv("CARABASE_DEV_DATABASE_URL", "postgresql://u:pw@h/db name")
+    monkeypatch.setenv("CARABASE_COMPRESSOR", "gzip")
     context = MockContext(run=Result(exited=0), repeat=True)
 
     tasks.run_backup(context, "dev")
@@ -90,3 +91,74 @@ def test_failed_pipeline_explains_its_last_failing_stage():
 
     assert message.startswith("encrypt: No space left on device")
     assert "free some space" in message
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:s3cr3t/x@db.example/prod",
+    "postgresql://app:s3cr3t?x@db.example/prod",
+    "postgresql://app:s3cr3t#x@db.example/prod",
+])
+def test_url_whose_password_needs_percent_encoding_is_refused_without_showing_it(url):
+    with pytest.raises(Exit) as refused:
+        tasks.parse_database_url(url, "CARABASE_PROD_DATABASE_URL")
+
+    assert "percent-encode" in refused.value.message
+    assert "s3cr3t" not in refused.value.message
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://[::1/db", "not a valid postgresql:// URL"),
+    ("postgresql:///db?sslpassword=hunter2", "sslpassword"),
+])
+def test_url_that_cannot_be_used_safely_is_refused(url, message):
+    with pytest.raises(Exit, match=message):
+        tasks.parse_database_url(url, "V")
+
+
+def test_multi_host_url_and_percent_encoded_options_survive_the_password_split():
+    db = tasks.parse_database_url(
+        "postgresql://u:p%2Fw@h1:5432,h2:5433/app?options=-c%20search_path%3Dx", "V")
+
+    assert db.uri == "postgresql://u@h1:5432,h2:5433/app?options=-c%20search_path%3Dx"
+    assert db.password == "p/w"
+
+
+def test_relative_backup_dir_is_refused(monkeypatch):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", "backups")
+
+    with pytest.raises(Exit, match="absolute path"):
+        tasks.backup_root()
+
+
+def test_backups_are_found_only_in_their_own_date_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    name = "2026-04-09T031700.sql.gz.enc"
+    for folder in ("2026-04-09", "2026-04-10", "pinned"):
+        (tmp_path / "dev" / folder).mkdir(parents=True)
+        (tmp_path / "dev" / folder / name).write_bytes(b"x")
+
+    assert [path.parent.name for _, path in tasks.list_backups("dev")] == ["2026-04-09"]
+
+
+def test_stale_partials_are_removed_only_from_date_directories(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    partial = ".2026-04-09T031700.sql.gz.enc.partial"
+    for folder in ("2026-04-09", "keep-me"):
+        (tmp_path / "dev" / folder).mkdir(parents=True)
+        (tmp_path / "dev" / folder / partial).write_bytes(b"x")
+    (tmp_path / "dev" / "empty-but-mine").mkdir()
+
+    removed = tasks.remove_stale_partials("dev")
+
+    assert removed == [tmp_path / "dev" / "2026-04-09" / partial]
+    assert (tmp_path / "dev" / "keep-me" / partial).exists()
+    assert (tmp_path / "dev" / "empty-but-mine").is_dir()
+    assert not (tmp_path / "dev" / "2026-04-09").exists()
+
+
+def test_server_identity_is_the_database_the_server_reports_not_the_url_name():
+    # Behind a pooler, "dev_alias" may lead to prod's database: trust the server.
+    db = tasks.parse_database_url("postgresql://pooler:6432/dev_alias", "V")
+    context = MockContext(run=Result(stdout="7712428185212053603|carabase_prod\n"))
+
+    assert tasks.server_identity(context, db) == ("7712428185212053603", "carabase_prod")

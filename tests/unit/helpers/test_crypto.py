@@ -226,3 +226,25 @@ def test_filter_without_action_prints_usage():
     result = run_filter("sideways", b"")
 
     assert result.returncode == 2 and b"usage" in result.stderr
+
+
+def test_failed_decrypt_appended_to_a_file_keeps_what_the_file_held(tmp_path):
+    envelope = bytearray(encrypt(os.urandom(300_000)))
+    envelope[-1] ^= 1
+    existing = tmp_path / "notes.txt"
+    existing.write_bytes(b"precious\n")
+
+    with existing.open("ab") as out, pytest.raises(crypto.InvalidEnvelope):
+        crypto.decrypt_to(KEY, io.BytesIO(bytes(envelope)), out)
+
+    assert existing.read_bytes() == b"precious\n"
+
+
+def test_decrypt_appended_to_a_file_adds_the_plaintext_after_it(tmp_path):
+    existing = tmp_path / "dump.sql.gz"
+    existing.write_bytes(b"head")
+
+    with existing.open("ab") as out:
+        crypto.decrypt_to(KEY, io.BytesIO(encrypt(b"tail")), out)
+
+    assert existing.read_bytes() == b"headtail"
