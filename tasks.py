@@ -11,7 +11,6 @@ filter, the retention math and the plist rendering. See README.md and DESIGN.md.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -27,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from invoke import Collection, Exit, task
@@ -86,7 +84,7 @@ class Database:
             child["PGPASSWORD"] = self.password
         return child
 
-    def on_database(self, name: str) -> "Database":
+    def on_database(self, name: str) -> Database:
         """The same server and credentials, another database (for CREATE DATABASE)."""
         parts = urlsplit(self.uri)
         uri = build_uri(parts.scheme, parts.netloc, name, parts.query)
@@ -154,9 +152,9 @@ def ensure_private_dir(path: Path) -> Path:
             directory.mkdir(mode=0o700, exist_ok=True)
         elif not directory.is_dir():
             raise Exit(f"{directory} is not a directory: check CARABASE_BACKUP_DIR")
-        elif directory == root or root in directory.parents:
-            if directory.stat().st_mode & 0o077:
-                directory.chmod(0o700)
+        elif (directory == root or root in directory.parents) \
+                and directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
     return path
 
 
@@ -501,7 +499,8 @@ def explain_pipeline_failure(result, db: Database) -> str:
                 " as new as the server and put it first in PATH")
     if "No space left on device" in text or "Disk quota exceeded" in text:
         return f"{cause} (free some space in {backup_root()} and try again)"
-    if cause.startswith("pg_dump:") and ("connection to server" in text or "does not exist" in text):
+    cannot_connect = "connection to server" in text or "does not exist" in text
+    if cause.startswith("pg_dump:") and cannot_connect:
         return f"{cause} (check {db.variable}: {db.uri})"
     return cause
 
@@ -572,7 +571,7 @@ def user_path(file: str) -> Path:
         path = Path(file).expanduser()
     except RuntimeError:  # ~user that does not exist
         path = Path(file)
-    if not path.is_absolute() and os.environ.get("npm_lifecycle_event"):
+    if not path.is_absolute() and os.environ.get("npm_lifecycle_event"):  # noqa: SIM112
         path = Path(os.environ.get("INIT_CWD", ".")) / path
     return path.resolve()
 
@@ -591,7 +590,7 @@ def private_tempfile():
 def decrypt_and_check(c, key: bytes, source: Path, plaintext: Path, action: str) -> None:
     """Decrypt `source` into `plaintext`, checking the tag and then the gzip stream."""
     try:
-        src = open(source, "rb")
+        src = open(source, "rb")  # noqa: SIM115 -- closed by the `with` below
     except OSError as error:
         raise Exit(f"{action}: cannot read {source}: {error.strerror}") from None
     try:

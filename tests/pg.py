@@ -41,7 +41,8 @@ class PgServer:
         if self.password and with_password:
             auth += ":" + quote(self.password, safe="")
         if self.host.startswith("/"):  # a socket directory goes in the query
-            return f"postgresql://{auth}@/{dbname}?host={quote(self.host, safe='')}&port={self.port}"
+            socket_dir = quote(self.host, safe="")
+            return f"postgresql://{auth}@/{dbname}?host={socket_dir}&port={self.port}"
         return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
 
     def libpq_env(self) -> dict[str, str]:

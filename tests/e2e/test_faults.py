@@ -69,8 +69,8 @@ def unchanged(path: Path, digest: str) -> bool:
 
 
 def our_backends(pg, dbname: str) -> int:
-    return int(pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                   f" application_name = 'carabase-backup' and datname = '{dbname}'"))
+    return int(pg.psql("postgres", "select count(*) from pg_stat_activity where application_name"
+                                   f" = 'carabase-backup' and datname = '{dbname}'"))
 
 
 def assert_backup_decrypts_and_gunzips(path: Path, key_hex: str) -> None:

@@ -157,7 +157,8 @@ def test_prune_applies_retention_and_leaves_everything_else_alone(environ, backu
     lines = result.stdout.splitlines()
     assert lines[-1] == "dev: kept 14, deleted 106"
     newest = stamps[0]
-    assert f"keep    {retention.date_dir_name(newest)}/{retention.backup_name(newest)}  daily, newest" in lines
+    newest_label = f"{retention.date_dir_name(newest)}/{retention.backup_name(newest)}"
+    assert f"keep    {newest_label}  daily, newest" in lines
     # A second run finds nothing more to delete.
     again = run_invoke("backup.prune", "dev", env=environ)
     assert again.stdout.splitlines()[-1] == "dev: kept 14, deleted 0"

@@ -149,7 +149,8 @@ def test_pruning_twice_deletes_nothing_the_second_time(root, nightly, capsys):
 
 def test_prune_of_an_env_never_backed_up_says_there_is_nothing_to_prune(root, capsys):
     prune("staging")
-    assert capsys.readouterr().out == f"staging: nothing to prune: {root / 'staging'} does not exist\n"
+    expected = f"staging: nothing to prune: {root / 'staging'} does not exist\n"
+    assert capsys.readouterr().out == expected
     assert not (root / "staging").exists()  # and creates nothing
 
 
