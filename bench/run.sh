@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark, from a fresh clone in one command (see README.md, "Performance"):
+#
+#   bench/run.sh [--scale N] [--runs N] [--url postgresql://user@host:port/postgres]
+#
+# Installs the project into .venv the first time, then runs bench/run.py with it.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -x "$repo/.venv/bin/invoke" ]; then
+    python3 -m venv "$repo/.venv"
+    "$repo/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$repo"
+fi
+exec "$repo/.venv/bin/python" "$repo/bench/run.py" "$@"
