@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from invoke import Collection, Exit, task
 
-from helpers import crypto, launchd, retention, schedule, systemd
+from helpers import crypto, launchd, progress, retention, schedule, systemd
 
 ENVS = ("dev", "staging", "prod")
 DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -438,7 +438,7 @@ def run_backup(c, env: str) -> Path:
             raise
     size = final.stat().st_size
     elapsed = time.monotonic() - started
-    print(f"{action}: wrote {final} ({human_size(size)}) in {elapsed:.1f}s")
+    print(f"{action}: wrote {final} ({progress.human_bytes(size)}) in {elapsed:.1f}s")
     return final
 
 
@@ -505,14 +505,6 @@ def explain_pipeline_failure(result, db: Database) -> str:
     if cause.startswith("pg_dump:") and cannot_connect:
         return f"{cause} (check {db.variable}: {db.uri})"
     return cause
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 @task(name="dev")
@@ -971,6 +963,9 @@ def schedule_inputs(env: str, action: str) -> dict:
     if os.environ.get(db.variable):
         variables[db.variable] = os.environ[db.variable]
     variables["HOST_MASTER_KEY_FILE"] = key_file
+    for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
+        if os.environ.get(setting):
+            variables[setting] = os.environ[setting]
 
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
@@ -990,7 +985,9 @@ def schedule_inputs(env: str, action: str) -> dict:
         "repo": str(REPO),
         "backup_dir": os.path.abspath(backup_root()),
         "log_path": str(schedule_log(env)),
-        "path": schedule.job_path(os.path.dirname(os.path.abspath(pg_dump))),
+        # pigz too, when it lives elsewhere (Homebrew): else the job quietly uses gzip.
+        "path": schedule.job_path(*(os.path.dirname(os.path.abspath(tool))
+                                    for tool in (pg_dump, shutil.which("pigz")) if tool)),
         "variables": variables,
     }
 

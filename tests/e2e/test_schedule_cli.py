@@ -506,3 +506,21 @@ def test_installed_job_whose_backup_fails_leaves_the_backups_unpruned(
     pruned = run_invoke("backup.prune", "dev", env=job_environ)
     assert pruned.returncode == 0, pruned.stderr
     assert not seeded[0].exists() and seeded[-1].exists(), pruned.stdout
+
+
+def test_schedule_finds_pigz_where_it_was_found_and_keeps_compressor_settings(
+        setup, managers, home, tmp_path, tools):
+    elsewhere = tmp_path / "homebrew-bin"  # pigz installed apart from pg_dump
+    elsewhere.mkdir()
+    write_script(elsewhere / "pigz", "exit 0\n")
+    environ = {**setup, "PATH": f"{setup['PATH']}:{elsewhere}",
+               "CARABASE_COMPRESSOR": "pigz", "CARABASE_COMPRESS_THREADS": "2"}
+
+    result = run_invoke("backup.install-cron", "prod", "--platform", "launchd", env=environ)
+
+    assert result.returncode == 0, result.stderr
+    variables = plistlib.loads((home / PLIST.format(env="prod")).read_bytes())[
+        "EnvironmentVariables"]
+    assert variables["PATH"].split(":")[:2] == [str(tools), str(elsewhere)]
+    assert variables["CARABASE_COMPRESSOR"] == "pigz"
+    assert variables["CARABASE_COMPRESS_THREADS"] == "2"
