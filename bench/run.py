@@ -252,7 +252,7 @@ def check_tools() -> None:
 
 def seconds(values: list[float]) -> str:
     """The median, and the spread: how far to trust a difference of a few percent."""
-    return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
 
 
 def verdict(ok: bool) -> str:
@@ -395,7 +395,7 @@ def measure(args, workdir: Path, source: str, target: str, maintenance: str,
         f"Dump: {dump_size / MIB:.0f} MiB of SQL, {dump_gz.stat().st_size / MIB:.0f} MiB"
         f" gzipped, {backup_size / MIB:.0f} MiB encrypted.",
         "",
-        "| measurement | median (min–max) | result | target | |",
+        "| measurement | median (min-max) | result | target | |",
         "|---|---|---|---|---|",
         f"| (a) `pg_dump \\| gzip -9 > file` | {seconds(backup_times['a'])}"
         f" | {dump_size / MIB / a:.0f} MiB/s of SQL | baseline | |",

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tests.pg import ThrowawayCluster, server_from_environment
+from tests.sample_db import create_varied_database
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,19 @@ def database_factory(pg):
 def keyed_environ(environ, key_file):
     """`environ` plus the key file, and no database URL yet."""
     return {**environ, "HOST_MASTER_KEY_FILE": str(key_file)}
+
+
+@pytest.fixture
+def source_db(database_factory):
+    """A database holding every awkward type (tests/sample_db.py)."""
+    return database_factory(create_varied_database)
+
+
+@pytest.fixture
+def dev_environ(keyed_environ, pg, source_db):
+    """dev points at the varied database; prod at a database that does not exist."""
+    return {
+        **keyed_environ,
+        "CARABASE_DEV_DATABASE_URL": pg.url(source_db),
+        "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent"),
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import crypto
-from tests.sample_db import create_varied_database, snapshot
+from tests.sample_db import snapshot
 from tests.support import REPO, run_invoke, take_backup
 
 
@@ -31,21 +31,6 @@ def write_backup(path: Path, sql: str, key_hex: str) -> Path:
                           envelope)
     path.write_bytes(envelope.getvalue())
     return path
-
-
-@pytest.fixture
-def source_db(database_factory):
-    return database_factory(create_varied_database)
-
-
-@pytest.fixture
-def dev_environ(keyed_environ, pg, source_db):
-    """dev points at the varied database; prod at a database that does not exist."""
-    return {
-        **keyed_environ,
-        "CARABASE_DEV_DATABASE_URL": pg.url(source_db),
-        "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent"),
-    }
 
 
 # --- backup -------------------------------------------------------------------------

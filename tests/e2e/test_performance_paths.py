@@ -17,26 +17,12 @@ from pathlib import Path
 import pytest
 
 from helpers import crypto
-from tests.sample_db import create_varied_database, snapshot
+from tests.sample_db import snapshot
 from tests.support import INVOKE, REPO, run_invoke, take_backup
 
 REAL_PIGZ = shutil.which("pigz")
 needs_pigz = pytest.mark.skipif(REAL_PIGZ is None,
                                 reason="pigz is not installed (.ci/run installs it)")
-
-
-@pytest.fixture
-def source_db(database_factory):
-    return database_factory(create_varied_database)
-
-
-@pytest.fixture
-def dev_environ(keyed_environ, pg, source_db):
-    return {
-        **keyed_environ,
-        "CARABASE_DEV_DATABASE_URL": pg.url(source_db),
-        "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent"),
-    }
 
 
 @pytest.fixture
