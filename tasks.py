@@ -5,9 +5,12 @@
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
     invoke backup.install-cron prod            nightly backup + prune at 03:17
+    invoke backup.uninstall-cron prod          remove that schedule
 
-The shell does the heavy lifting (pg_dump, gzip, psql); `helpers` holds the envelope
-filter, the retention math and the plist rendering. See README.md and DESIGN.md.
+The shell does the heavy lifting (pg_dump, gzip/pigz, psql); `helpers` holds the
+envelope filter, the retention math, the schedule rendering and the progress line.
+Sections, in order: configuration, the backup tree, running pipelines, backup, restore,
+retention and status, schedule, and the namespace. See README.md.
 """
 from __future__ import annotations
 
@@ -1207,7 +1210,7 @@ def uninstall_cron(c, env, platform=None, dry_run=False):
     print(f"{env}: nightly schedule removed; the backups and {schedule_log(env)} stay")
 
 
-# --- tasks ----------------------------------------------------------------------------
+# --- the namespace --------------------------------------------------------------------
 
 
 ns = Collection()
