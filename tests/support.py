@@ -1,11 +1,14 @@
 """What the tests share: running invoke as a user types it, and a clean environment."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import crypto
 
 REPO = Path(__file__).resolve().parents[1]
 # The `invoke` script of the environment running the tests, as a user would call it.
@@ -44,6 +47,15 @@ def run_invoke(*args: str, env: dict[str, str], input: str | None = None, stdin=
         timeout=timeout,
         **kwargs,
     )
+
+
+def seal_backup(path: Path, compressed: bytes, key_hex: str) -> Path:
+    """A backup file made by hand, as a foreign tool would: `compressed` (a gzip stream,
+    or deliberately damaged bytes) in the version-1 envelope under `key_hex`."""
+    envelope = io.BytesIO()
+    crypto.encrypt_stream(bytes.fromhex(key_hex), io.BytesIO(compressed), envelope)
+    path.write_bytes(envelope.getvalue())
+    return path
 
 
 def take_backup(environ: dict[str, str], env: str = "dev") -> Path:

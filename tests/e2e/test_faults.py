@@ -19,7 +19,7 @@ import pytest
 
 from helpers import crypto
 from tests.sample_db import create_varied_database, snapshot
-from tests.support import INVOKE, REPO, run_invoke
+from tests.support import INVOKE, REPO, run_invoke, seal_backup
 
 EARLIER = "2026-01-01/2026-01-01T031700.sql.gz.enc"  # an older backup already in the tree
 
@@ -43,6 +43,14 @@ def wait_for(condition, what: str, timeout: float = 60):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def send_signal(process: subprocess.Popen, signum: int, whole_group: bool) -> None:
+    """As a terminal's Ctrl-C does (every process of the group), or as `kill <pid>`."""
+    if whole_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
 
 
 def partials(backup_dir: Path) -> list[Path]:
@@ -204,12 +212,9 @@ def test_overlapping_backups_of_one_env_never_collide(big_environ, backup_dir, m
 def slow_restore(keyed_environ, pg, database_factory, master_key, tmp_path):
     """A dev database and a backup that changes it, then dawdles before committing."""
     target = database_factory(create_varied_database)
-    sql = "UPDATE public.item SET name = 'from the backup';\nSELECT pg_sleep(60);\n"
-    envelope = io.BytesIO()
-    crypto.encrypt_stream(bytes.fromhex(master_key), io.BytesIO(gzip.compress(sql.encode())),
-                          envelope)
-    backup = tmp_path / "2026-02-02T031700.sql.gz.enc"
-    backup.write_bytes(envelope.getvalue())
+    sql = b"UPDATE public.item SET name = 'from the backup';\nSELECT pg_sleep(60);\n"
+    backup = seal_backup(tmp_path / "2026-02-02T031700.sql.gz.enc", gzip.compress(sql),
+                         master_key)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     environ = {**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(target),
@@ -235,10 +240,7 @@ def test_interrupted_restore_changes_nothing_and_removes_its_tempfile(
     restore = start_invoke("backup.restore", "dev", str(backup), "--yes", env=environ)
     wait_for(lambda: sleeping_in(pg, target), "psql to apply the backup")
 
-    if whole_group:
-        os.killpg(restore.pid, signum)
-    else:
-        os.kill(restore.pid, signum)
+    send_signal(restore, signum, whole_group)
     stdout, stderr = restore.communicate(timeout=30)
 
     assert restore.returncode == 128 + signum
@@ -385,10 +387,7 @@ def test_interrupted_backup_publishes_nothing_and_exits_128_plus_signal(
     backup = start_invoke("backup.dev", env=big_environ)
     wait_for(lambda: dump_is_streaming(backup_dir), "the dump to stream")
 
-    if whole_group:
-        os.killpg(backup.pid, signum)
-    else:
-        os.kill(backup.pid, signum)
+    send_signal(backup, signum, whole_group)
     stdout, stderr = backup.communicate(timeout=30)
 
     assert backup.returncode == 128 + signum

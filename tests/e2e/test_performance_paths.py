@@ -18,7 +18,7 @@ import pytest
 
 from helpers import crypto
 from tests.sample_db import snapshot
-from tests.support import INVOKE, REPO, run_invoke, take_backup
+from tests.support import INVOKE, REPO, run_invoke, seal_backup, take_backup
 
 REAL_PIGZ = shutil.which("pigz")
 needs_pigz = pytest.mark.skipif(REAL_PIGZ is None,
@@ -140,10 +140,7 @@ def test_restore_refuses_a_damaged_gzip_stream_whichever_program_checks_it(
     before = snapshot(pg, source_db)
     good = gzip.compress(b"DROP TABLE public.item CASCADE;\n" * 1000)
     bad = good[:-20] if damage == "truncated" else good + b"junk"
-    envelope = io.BytesIO()
-    crypto.encrypt_stream(bytes.fromhex(master_key), io.BytesIO(bad), envelope)
-    backup = tmp_path / "2026-01-01T000000.sql.gz.enc"
-    backup.write_bytes(envelope.getvalue())
+    backup = seal_backup(tmp_path / "2026-01-01T000000.sql.gz.enc", bad, master_key)
 
     result = run_invoke("backup.restore", "dev", str(backup), "--yes",
                         env={**dev_environ, "CARABASE_COMPRESSOR": compressor})
