@@ -9,6 +9,7 @@ import pytest
 from invoke import Exit, MockContext, Result
 
 import tasks
+from helpers.errors import UserError
 
 
 @pytest.fixture
@@ -47,14 +48,14 @@ def test_gzip_can_be_forced_when_pigz_is_installed(pigz_installed, monkeypatch):
 def test_pigz_requested_but_missing_is_a_clear_error(bin_dir, monkeypatch):
     monkeypatch.setenv("CARABASE_COMPRESSOR", "pigz")
 
-    with pytest.raises(Exit, match="CARABASE_COMPRESSOR=pigz but pigz is not on PATH"):
+    with pytest.raises(UserError, match="CARABASE_COMPRESSOR=pigz but pigz is not on PATH"):
         tasks.compressor()
 
 
 def test_unknown_compressor_is_refused(pigz_installed, monkeypatch):
     monkeypatch.setenv("CARABASE_COMPRESSOR", "bzip2")
 
-    with pytest.raises(Exit, match="must be pigz or gzip, not 'bzip2'"):
+    with pytest.raises(UserError, match="must be pigz or gzip, not 'bzip2'"):
         tasks.compressor()
 
 
@@ -71,7 +72,7 @@ def test_bad_thread_count_is_refused_even_for_gzip(pigz_installed, monkeypatch, 
     monkeypatch.setenv("CARABASE_COMPRESS_THREADS", threads)
     monkeypatch.setenv("CARABASE_COMPRESSOR", forced)
 
-    with pytest.raises(Exit, match=f"CARABASE_COMPRESS_THREADS must be .* not '{threads}'"):
+    with pytest.raises(UserError, match=f"CARABASE_COMPRESS_THREADS must be .* not '{threads}'"):
         tasks.compressor()
 
 
@@ -106,20 +107,6 @@ def test_progress_stage_draws_on_the_watching_terminal(monkeypatch):
                           " --total 1234 --to /dev/pts/7")
 
 
-def test_watching_terminal_is_the_terminal_of_stderr(monkeypatch, tmp_path):
-    controller, terminal = os.openpty()
-    try:
-        with open(terminal, "w", closefd=False) as stderr:
-            monkeypatch.setattr("sys.stderr", stderr)
-            assert tasks.watching_terminal() == os.ttyname(terminal)
-    finally:
-        os.close(controller)
-        os.close(terminal)
-    with open(tmp_path / "cron.log", "w") as log:
-        monkeypatch.setattr("sys.stderr", log)
-        assert tasks.watching_terminal() is None
-
-
 @pytest.mark.parametrize("watched", [True, False])
 def test_backup_counts_its_output_only_when_watched(monkeypatch, tmp_path, bin_dir, watched):
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "backups"))
@@ -148,6 +135,6 @@ def test_backup_with_a_bad_compressor_setting_stops_before_running_anything(
     context = MockContext()  # any run() call would raise
 
     with pytest.raises(Exit, match="pigz is not on PATH"):
-        tasks.run_backup(context, "dev")
+        tasks.backup_dev(context)
 
     assert not (tmp_path / "backups").exists()

@@ -8,7 +8,9 @@ from freezegun import freeze_time
 from invoke import Context, Exit
 
 import tasks
-from helpers import retention
+from helpers import retention, tree
+from helpers.errors import UserError
+from helpers.process import env_lock
 from tests.backup_tree import files_under, write_backup, write_partial
 
 NOW = datetime(2026, 4, 9, 3, 17, 40, tzinfo=timezone.utc)  # just after the nightly backup
@@ -107,7 +109,7 @@ def test_prune_removes_the_temporary_file_of_a_killed_backup_without_listing_it(
 
 
 def test_prune_refuses_while_a_backup_holds_the_lock_and_deletes_nothing(root, nightly):
-    with tasks.env_lock("dev", "backup dev"):
+    with env_lock("dev", "backup dev"):
         before = files_under(root)  # with the lock file
         with pytest.raises(Exit, match="another backup or prune of dev is running"):
             prune()
@@ -119,21 +121,21 @@ def test_prune_holds_the_lock_while_it_deletes(root, nightly, monkeypatch):
 
     def probe_lock_then_remove(directory):
         try:
-            with tasks.env_lock("dev", "probe"):
+            with env_lock("dev", "probe"):
                 lock_was_free.append(directory)
-        except Exit:
+        except UserError:
             pass
         real_remove_if_empty(directory)
 
-    real_remove_if_empty = tasks.remove_if_empty
-    monkeypatch.setattr(tasks, "remove_if_empty", probe_lock_then_remove)
+    real_remove_if_empty = tree.remove_if_empty
+    monkeypatch.setattr(tree, "remove_if_empty", probe_lock_then_remove)
     prune()
     assert sum(path.exists() for path in nightly.values()) == 14  # it did delete
     assert lock_was_free == []
 
 
 def test_dry_run_works_while_a_backup_holds_the_lock(root, nightly, capsys):
-    with tasks.env_lock("dev", "backup dev"):
+    with env_lock("dev", "backup dev"):
         prune(dry_run=True)
     assert capsys.readouterr().out.splitlines()[-1].startswith("dev: would keep 14")
 

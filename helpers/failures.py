@@ -1,0 +1,34 @@
+"""One line from a failed pipeline's stderr: the root cause, plus what to do about it."""
+from __future__ import annotations
+
+from helpers.config import Database, backup_root
+
+# Stage names as they prefix their own error messages, last stage first: when a stage
+# fails, the stages before it fail too (broken pipe), so the last one to complain is
+# where the trouble started.
+STAGE_PREFIXES = ("encrypt:", "decrypt:", "gzip:", "pigz:", "psql:", "pg_dump:")
+
+
+def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    stage, cause = next(
+        ((prefix, line) for prefix in STAGE_PREFIXES for line in lines
+         if line.startswith(prefix) and ": detail:" not in line),
+        ("", lines[0] if lines else f"the pipeline exited with status {exited}"),
+    )
+    # pg_dump and psql put the server's reason on "detail:" lines of their own.
+    details = [line.split("detail:", 1)[1].strip() for line in lines
+               if stage and line.startswith(stage + " detail:")]
+    if details:
+        cause += " (" + "; ".join(details) + ")"
+    if "server version mismatch" in stderr:
+        versions = next((line for line in lines if "server version:" in line), "")
+        detail = versions.split("detail:", 1)[-1].strip()
+        return (f"pg_dump is older than the server ({detail}): install a pg_dump at least"
+                " as new as the server and put it first in PATH")
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return f"{cause} (free some space in {backup_root()} and try again)"
+    cannot_connect = "connection to server" in stderr or "does not exist" in stderr
+    if cause.startswith("pg_dump:") and cannot_connect:
+        return f"{cause} (check {db.variable}: {db.uri})"
+    return cause

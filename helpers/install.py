@@ -1,0 +1,186 @@
+"""What `install-cron` writes and where: the checked inputs of a schedule, its files,
+and writing them atomically. Loading them (launchctl, systemctl) is tasks.py's job.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import crypto, launchd, schedule, systemd
+from helpers.config import backup_root, database, env_dir
+from helpers.errors import UserError
+from helpers.tree import ensure_private_dir
+
+REPO = Path(__file__).resolve().parents[1]
+PLATFORMS = ("launchd", "systemd")
+# Folders macOS keeps from background jobs that were never granted access to them.
+MACOS_PROTECTED = ("Desktop", "Documents", "Downloads", "Library/Mobile Documents")
+
+
+@dataclass(frozen=True)
+class ScheduleFile:
+    path: Path
+    content: bytes
+    mode: int = 0o644
+
+
+def check_platform(platform: str | None) -> str:
+    platform = platform or ("launchd" if sys.platform == "darwin" else "systemd")
+    if platform not in PLATFORMS:
+        raise UserError(f"unknown platform {platform!r}: expected launchd or systemd")
+    return platform
+
+
+def launch_agent_path(env: str) -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / launchd.plist_name(env)
+
+
+def systemd_user_dir() -> Path:
+    configured = os.environ.get("XDG_CONFIG_HOME")
+    absolute = configured and os.path.isabs(configured)
+    base = Path(configured) if absolute else Path.home() / ".config"
+    return base / "systemd" / "user"
+
+
+def schedule_log(env: str) -> Path:
+    """Where the scheduled runs of `env` write what they print."""
+    return Path(os.path.abspath(env_dir(env) / "cron.log"))
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def schedule_inputs(env: str, action: str) -> dict:
+    """The inputs of the schedule files, checked now so that no schedule is installed
+    that would fail every night: a key file that loads, a database URL without a
+    password, pg_dump and invoke where the job will look for them."""
+    if os.environ.get("HOST_MASTER_KEY") and not os.environ.get("HOST_MASTER_KEY_FILE"):
+        raise UserError(
+            f"{action}: refusing to write HOST_MASTER_KEY into a schedule file; keep the key"
+            " in a 0600 file instead: mkdir -p ~/.carabase && (umask 077; printenv"
+            " HOST_MASTER_KEY > ~/.carabase/master.key), then export"
+            " HOST_MASTER_KEY_FILE=~/.carabase/master.key, unset HOST_MASTER_KEY and run"
+            " this again"
+        )
+    try:
+        crypto.load_key(os.environ)
+    except crypto.MasterKeyError as error:
+        raise UserError(f"{action}: refusing to install a schedule that would fail: {error}") \
+            from None
+    key_file = os.path.abspath(os.environ["HOST_MASTER_KEY_FILE"])
+
+    db = database(env)
+    if db.password is not None:
+        raise UserError(
+            f"{action}: {db.variable} holds a password, which would be written into the"
+            " schedule file: take it out of the URL and put it in ~/.pgpass (chmod 600)"
+        )
+    ignored = sorted(name for name in os.environ if name.startswith("PG") and name != "PGAPPNAME")
+    if ignored:
+        warn(f"NOTE: the nightly job will not see {', '.join(ignored)}: name the server, port"
+             f" and user in {db.variable}, and keep a password in ~/.pgpass (chmod 600)")
+    variables = {}
+    if os.environ.get(db.variable):
+        variables[db.variable] = os.environ[db.variable]
+    variables["HOST_MASTER_KEY_FILE"] = key_file
+    for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
+        if os.environ.get(setting):
+            variables[setting] = os.environ[setting]
+
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise UserError(
+            f"{action}: pg_dump is not on PATH: install the PostgreSQL client tools"
+            " (or add their directory to PATH) and run this again"
+        )
+    invoke = Path(sys.executable).parent / "invoke"
+    if not os.access(invoke, os.X_OK):
+        raise UserError(
+            f"{action}: no invoke program next to {sys.executable}:"
+            " install this project into that environment (pip install -e .)"
+        )
+    return {
+        "env": env,
+        "invoke": os.path.abspath(invoke),
+        "repo": str(REPO),
+        "backup_dir": os.path.abspath(backup_root()),
+        "log_path": str(schedule_log(env)),
+        # pigz too, when it lives elsewhere (Homebrew): else the job quietly uses gzip.
+        "path": schedule.job_path(*(os.path.dirname(os.path.abspath(tool))
+                                    for tool in (pg_dump, shutil.which("pigz")) if tool)),
+        "variables": variables,
+    }
+
+
+def schedule_files(env: str, platform: str, action: str) -> list[ScheduleFile]:
+    inputs = schedule_inputs(env, action)
+    try:
+        if platform == "launchd":
+            warn_if_macos_protected(inputs)
+            return [ScheduleFile(launch_agent_path(env), launchd.render_plist(**inputs))]
+        units = systemd.render_units(**inputs)
+    except schedule.UnsafeSchedule as error:
+        raise UserError(f"{action}: {error}") from None
+    return [ScheduleFile(systemd_user_dir() / name, text.encode()) for name, text in units.items()]
+
+
+def write_atomically(file: ScheduleFile, action: str) -> None:
+    """Replace `file.path` in one step: a reader sees the old file or the new, whole."""
+    partial = file.path.with_name(f".{file.path.name}.{os.getpid()}.tmp")
+    try:
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
+        try:
+            os.fchmod(fd, file.mode)
+            with os.fdopen(os.dup(fd), "wb") as stream:
+                stream.write(file.content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, file.path)
+    except OSError as error:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # its folder is what failed
+            pass
+        raise UserError(f"{action}: cannot write {file.path}: {error.strerror or error}") \
+            from None
+
+
+def prepare_log(env: str, action: str) -> Path:
+    """The env's directory (0700) and its cron.log (0600): launchd and systemd create
+    neither the directory nor, with our modes, the file."""
+    log = schedule_log(env)
+    try:
+        ensure_private_dir(env_dir(env))
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as error:
+        raise UserError(f"{action}: cannot create {log}: {error.strerror or error}") from None
+    return log
+
+
+def warn_if_macos_protected(inputs: dict) -> None:
+    home = Path.home()
+    paths = [inputs["repo"], inputs["backup_dir"], inputs["variables"]["HOST_MASTER_KEY_FILE"]]
+    for path in paths:
+        for folder in MACOS_PROTECTED:
+            if Path(path).is_relative_to(home / folder):
+                warn(f"WARNING: {path} is inside ~/{folder}, which macOS may not let a"
+                     " launchd job read: if cron.log shows 'Operation not permitted', move it"
+                     " elsewhere or give the job's python Full Disk Access")
+                break
+
+
+def schedule_paths(env: str, platform: str) -> list[Path]:
+    """Every file install-cron may have written for env (uninstall removes these)."""
+    if platform == "launchd":
+        return [launch_agent_path(env)]
+    timer = systemd.unit_name(env, "timer")
+    units = systemd_user_dir()
+    # `enable` links the timer into timers.target.wants; `disable` unlinks it.
+    return [units / systemd.unit_name(env, "timer"), units / systemd.unit_name(env, "service"),
+            units / "timers.target.wants" / timer]

@@ -1,0 +1,108 @@
+"""Process control every task shares: the env's lock, and stopping cleanly on a signal.
+
+The one helper module that starts a process (`ps`, to find our descendants).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from helpers.config import env_dir
+from helpers.errors import UserError
+from helpers.tree import ensure_private_dir
+
+
+@contextmanager
+def env_lock(env: str, action: str):
+    """Hold the env's lock for the duration: one backup or prune of an env at a time.
+
+    flock, so a killed holder never leaves a stale lock behind.
+    """
+    directory = ensure_private_dir(env_dir(env))
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(
+                f"{action}: another backup or prune of {env} is running (pid {holder});"
+                " try again when it has finished"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Interrupted(BaseException):
+    """A signal asked us to stop; BaseException so that no `except Exception` eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signal(action: str):
+    """For the whole of a task: on SIGINT, SIGTERM or SIGHUP, stop our child processes
+    and unwind with cleanup, exiting 128+signal.
+
+    invoke only forwards Ctrl-C as a keystroke and keeps waiting, and a SIGTERM aimed at
+    us alone would leave psql running until it COMMITs; so the children are stopped
+    here, and Interrupted unwinds through every `finally` that removes temporary files.
+    """
+    raised = False
+
+    def on_signal(signum, frame):
+        nonlocal raised
+        if raised:  # a second signal must not break the cleanup of the first
+            return
+        raised = True
+        terminate_descendants()
+        raise Interrupted(signum)
+
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in watched}
+    try:
+        yield
+    except Interrupted as caught:
+        name = signal.Signals(caught.signum).name
+        raise UserError(f"{action}: interrupted by {name}", code=128 + caught.signum) \
+            from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def terminate_descendants() -> None:
+    """SIGTERM every process below this one (portable: ps exists on macOS and Linux)."""
+    listing = subprocess.run(
+        ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True
+    ).stdout
+    children: dict[int, list[int]] = {}
+    for line in listing.splitlines():
+        pid, ppid = (int(field) for field in line.split())
+        children.setdefault(ppid, []).append(pid)
+    pending = list(children.get(os.getpid(), []))
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, []))
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def watching_terminal() -> str | None:
+    """The terminal our stderr is on, if any: a person is watching there. None under
+    cron, launchd and systemd (output to cron.log) or with output to a file or pipe."""
+    try:
+        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
+    except (AttributeError, OSError, ValueError):  # stderr closed or replaced
+        return None

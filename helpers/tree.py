@@ -1,0 +1,120 @@
+"""The backup tree on disk: `<root>/<env>/<YYYY-MM-DD>/<name>`, its directories, its
+temporary files, and publishing a finished backup under its final name.
+
+Names come from `retention` (names <-> times); this module only reads and writes files.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from helpers import retention
+from helpers.config import backup_root, env_dir
+from helpers.errors import UserError
+
+DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` and any missing parent as 0700; tighten the backup tree if looser."""
+    root = backup_root()
+    for directory in (*reversed(path.parents), path):
+        if not directory.exists():
+            directory.mkdir(mode=0o700, exist_ok=True)
+        elif not directory.is_dir():
+            raise UserError(f"{directory} is not a directory: check CARABASE_BACKUP_DIR")
+        elif (directory == root or root in directory.parents) \
+                and directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
+    return path
+
+
+def list_backups(env: str) -> list[tuple[datetime, Path]]:
+    """Every backup of `env` as (UTC start time, path), oldest first. Names only."""
+    found = []
+    root = env_dir(env)
+    if not root.is_dir():
+        return found
+    for day in date_dirs(root):
+        for entry in day.iterdir():
+            stamp = retention.parse_backup_name(entry.name)
+            # A copy filed under another day (or a folder of its own) is the user's.
+            if stamp is not None and retention.date_dir_name(stamp) == day.name \
+                    and entry.is_file():
+                found.append((stamp, entry))
+    return sorted(found)
+
+
+def date_dirs(root: Path) -> list[Path]:
+    """The YYYY-MM-DD directories of an env: the only ones backups live in."""
+    return [day for day in root.iterdir()
+            if DATE_DIR.match(day.name) and day.is_dir() and not day.is_symlink()]
+
+
+def remove_stale_partials(env: str) -> list[Path]:
+    """Delete temporary files left by killed backups. Call only while holding the lock."""
+    removed = []
+    root = env_dir(env)
+    if not root.is_dir():
+        return removed
+    for day in date_dirs(root):
+        for entry in day.iterdir():
+            if retention.is_partial_name(entry.name):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+        remove_if_empty(day)
+    return removed
+
+
+def remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:  # not empty (or already gone): leave it
+        pass
+
+
+@contextmanager
+def os_errors_reported(action: str):
+    """An unreadable directory, a full disk...: one line naming the file, no traceback."""
+    try:
+        yield
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        raise UserError(f"{action} failed:{where}: {error.strerror or error}") from None
+
+
+def fresh_stamp(env: str) -> datetime:
+    """Now, to the second; the next second if a backup of this second exists already.
+
+    Called under the env's lock, so no other backup of the env can take the same name.
+    """
+    while True:
+        stamp = datetime.now(timezone.utc).replace(microsecond=0)
+        day = env_dir(env) / retention.date_dir_name(stamp)
+        if not (day / retention.backup_name(stamp)).exists():
+            return stamp
+        time.sleep(1 - datetime.now(timezone.utc).microsecond / 1e6)
+
+
+def publish(partial: Path, final: Path, action: str) -> None:
+    """fsync the finished file, rename it to its final name, fsync the directory."""
+    try:
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(partial, final)
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        final.unlink(missing_ok=True)
+        raise UserError(f"{action} failed: cannot write {final.parent}: {error.strerror}") \
+            from None

@@ -1,0 +1,83 @@
+"""Configuration: database URLs split so that no password reaches argv, the backup root."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import config
+from helpers.errors import UserError
+
+
+def test_password_in_url_is_moved_out_of_the_uri():
+    db = config.parse_database_url("postgresql://app:s%40cret@db.example:6432/carabase_prod"
+                                  "?sslmode=require", "V")
+
+    assert db.uri == "postgresql://app@db.example:6432/carabase_prod?sslmode=require"
+    assert db.password == "s@cret" and db.name == "carabase_prod"
+    assert db.child_env()["PGPASSWORD"] == "s@cret"
+
+
+def test_password_and_dbname_query_parameters_are_honoured_and_removed():
+    db = config.parse_database_url("postgres:///ignored?host=/run/pg&password=pw&dbname=real",
+                                  "V")
+
+    assert db.name == "real" and db.password == "pw"
+    assert "pw" not in db.uri and db.uri.startswith("postgres:///real?")
+    assert "host=%2Frun%2Fpg" in db.uri
+
+
+def test_on_database_keeps_server_and_credentials():
+    db = config.parse_database_url("postgresql://u:p@h:1/app", "V").on_database("postgres")
+
+    assert db.uri == "postgresql://u@h:1/postgres" and db.password == "p"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://h/db", "not a postgresql:// URL"),
+    ("postgresql://h:5432", "names no database"),
+])
+def test_unusable_url_is_refused(url, message):
+    with pytest.raises(UserError, match=message):
+        config.parse_database_url(url, "CARABASE_DEV_DATABASE_URL")
+
+
+def test_unset_url_defaults_to_local_carabase_env(monkeypatch):
+    monkeypatch.delenv("CARABASE_STAGING_DATABASE_URL", raising=False)
+
+    assert config.database("staging").uri == "postgresql:///carabase_staging"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:s3cr3t/x@db.example/prod",
+    "postgresql://app:s3cr3t?x@db.example/prod",
+    "postgresql://app:s3cr3t#x@db.example/prod",
+])
+def test_url_whose_password_needs_percent_encoding_is_refused_without_showing_it(url):
+    with pytest.raises(UserError) as refused:
+        config.parse_database_url(url, "CARABASE_PROD_DATABASE_URL")
+
+    assert "percent-encode" in refused.value.message
+    assert "s3cr3t" not in refused.value.message
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://[::1/db", "not a valid postgresql:// URL"),
+    ("postgresql:///db?sslpassword=hunter2", "sslpassword"),
+])
+def test_url_that_cannot_be_used_safely_is_refused(url, message):
+    with pytest.raises(UserError, match=message):
+        config.parse_database_url(url, "V")
+
+
+def test_multi_host_url_and_percent_encoded_options_survive_the_password_split():
+    db = config.parse_database_url(
+        "postgresql://u:p%2Fw@h1:5432,h2:5433/app?options=-c%20search_path%3Dx", "V")
+
+    assert db.uri == "postgresql://u@h1:5432,h2:5433/app?options=-c%20search_path%3Dx"
+    assert db.password == "p/w"
+
+
+def test_relative_backup_dir_is_refused(monkeypatch):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", "backups")
+
+    with pytest.raises(UserError, match="absolute path"):
+        config.backup_root()

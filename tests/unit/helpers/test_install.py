@@ -1,0 +1,40 @@
+"""install-cron's inputs and files: platform choice, where files go, atomic writes."""
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from helpers import install
+from helpers.errors import UserError
+
+
+def test_unknown_platform_is_refused():
+    with pytest.raises(UserError, match="unknown platform 'cron'"):
+        install.check_platform("cron")
+
+
+def test_systemd_files_live_in_the_xdg_user_unit_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    paths = install.schedule_paths("prod", "systemd")
+    assert [path.relative_to(tmp_path) for path in paths] == [
+        install.Path("config/systemd/user/carabase-backup-prod.timer"),
+        install.Path("config/systemd/user/carabase-backup-prod.service"),
+        install.Path("config/systemd/user/timers.target.wants/carabase-backup-prod.timer"),
+    ]
+
+
+def test_schedule_without_a_key_file_is_refused_before_anything_is_written(monkeypatch):
+    monkeypatch.delenv("HOST_MASTER_KEY_FILE", raising=False)
+    monkeypatch.setenv("HOST_MASTER_KEY", "ab" * 32)
+    with pytest.raises(UserError, match="refusing to write HOST_MASTER_KEY into a schedule"):
+        install.schedule_inputs("prod", "install-cron prod")
+
+
+def test_write_atomically_replaces_the_file_whole_with_its_mode(tmp_path):
+    target = tmp_path / "units" / "x.timer"
+    install.write_atomically(install.ScheduleFile(target, b"old"), "install-cron dev")
+    install.write_atomically(install.ScheduleFile(target, b"new", 0o600), "install-cron dev")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(path.name for path in target.parent.iterdir()) == ["x.timer"]
