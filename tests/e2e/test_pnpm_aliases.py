@@ -1,10 +1,12 @@
 """The pnpm aliases in package.json, run for real through pnpm, reach invoke with their
-arguments. Skipped when pnpm is not installed (.ci/run installs it: npm install -g pnpm).
+arguments, and pnpm adds nothing to their standard output. Skipped when pnpm is not
+installed, except under CI: .ci/run installs the version package.json pins (devEngines).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +20,9 @@ from tests.support import REPO, clean_environ, run_invoke
 
 PNPM = shutil.which("pnpm")
 needs_pnpm = pytest.mark.skipif(
-    PNPM is None, reason="pnpm is not installed (.ci/run installs it: npm install -g pnpm)"
+    PNPM is None, reason="pnpm is not installed (.ci/run installs the pinned version)"
 )
+PINNED_PNPM = json.loads((REPO / "package.json").read_text())["devEngines"]["packageManager"]
 
 ALIASES = {
     "backup:dev": "invoke backup.dev",
@@ -34,21 +37,49 @@ ALIASES = {
 
 
 @pytest.fixture
-def pnpm_environ(home, backup_dir):
-    """A clean environment where `invoke` is this virtualenv's, as after activating it."""
+def pnpm_environ(home, backup_dir, tmp_path):
+    """A clean environment where `invoke` is this virtualenv's, as after activating it.
+
+    pnpm 12 keeps temporary files under $XDG_DATA_HOME/pnpm (~/.local/share/pnpm by
+    default): they go outside HOME, so that a test can tell a task wrote nothing there.
+    """
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return clean_environ(home, backup_dir, PATH=path, npm_config_update_notifier="false")
+    return clean_environ(home, backup_dir, PATH=path, npm_config_update_notifier="false",
+                         XDG_DATA_HOME=str(tmp_path / "xdg-data"))
 
 
-def pnpm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([PNPM, *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120, check=False)
+def pnpm(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`pnpm <args>` in the repository, which must not install anything first (pnpm 12
+    does unless pnpm-workspace.yaml says verifyDepsBeforeRun: false)."""
+    installed = [REPO / "pnpm-lock.yaml", REPO / "node_modules"]
+    absent = [path for path in installed if not path.exists()]
+    result = subprocess.run([PNPM, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=120, check=False)
+    made = [path for path in absent if path.exists()]
+    for path in made:  # this run made them: remove them, so the next run is checked too
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert made == [], f"pnpm {' '.join(args)} installed first:\n{result.stderr}"
+    return result
 
 
 def test_package_json_is_private_and_aliases_exactly_the_backup_tasks():
     package = json.loads((REPO / "package.json").read_text())
     assert package["private"] is True
     assert package["scripts"] == ALIASES
+    # The pin is exact (.ci/run installs it) and enforced by nothing else: with a
+    # `packageManager` field or another onFail, pnpm 12 asks the registry and writes
+    # pnpm-lock.yaml on every run, and pnpm 10 tries to switch to the pinned version.
+    assert "packageManager" not in package
+    assert PINNED_PNPM["name"] == "pnpm" and PINNED_PNPM["onFail"] == "ignore"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", PINNED_PNPM["version"])
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI must have the pinned pnpm")
+def test_ci_runs_the_pinned_pnpm():
+    assert PNPM is not None, ".ci/run should have installed pnpm"
+    version = subprocess.run([PNPM, "--version"], cwd=REPO, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert version.stdout.strip() == PINNED_PNPM["version"]
 
 
 def test_every_alias_names_a_task_that_invoke_lists(environ):
@@ -70,9 +101,22 @@ def test_status_alias_runs_invoke_and_keeps_its_exit_status(pnpm_environ):
 def test_status_alias_passes_an_option_through(pnpm_environ):
     result = pnpm("backup:status", "--json", env=pnpm_environ)
     assert result.returncode == 2, result.stdout + result.stderr
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout)
     assert report["status"] == "FAIL"
     assert [entry["env"] for entry in report["envs"]] == ["dev", "staging", "prod"]
+
+
+@needs_pnpm
+def test_status_alias_json_is_exactly_invokes_when_status_fails(pnpm_environ):
+    # With no backups status exits 2: pnpm must still add nothing to stdout (pnpm 9 and
+    # 10 print their ELIFECYCLE line and a node_modules warning there unless .npmrc
+    # says reporter=silent).
+    direct = run_invoke("backup.status", "--json", env=pnpm_environ)
+    result = pnpm("backup:status", "--json", env=pnpm_environ)
+    assert direct.returncode == 2, direct.stdout + direct.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert json.loads(result.stdout)["status"] == "FAIL"
+    assert result.stdout == direct.stdout
 
 
 @needs_pnpm
@@ -112,7 +156,8 @@ def test_install_cron_alias_passes_several_options_through(pnpm_environ, home, t
 def test_alias_of_a_failing_task_fails_with_invoke_message(pnpm_environ):
     result = pnpm("backup:prune", "qa", env=pnpm_environ)
     assert result.returncode == 1
-    assert "unknown env 'qa'" in result.stderr
+    assert "unknown env 'qa': expected one of dev, staging, prod\n" in result.stderr
+    assert result.stdout == ""
 
 
 @needs_pnpm
@@ -124,10 +169,8 @@ def test_restore_alias_reads_a_relative_path_from_where_pnpm_was_run(pnpm_enviro
     key.write_text(os.urandom(32).hex())
     key.chmod(0o600)
 
-    result = subprocess.run(
-        [PNPM, "--dir", str(REPO), "backup:restore", "dev", "copied.sql.gz.enc", "--yes"],
-        cwd=elsewhere, env={**pnpm_environ, "HOST_MASTER_KEY_FILE": str(key)},
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    result = pnpm("--dir", str(REPO), "backup:restore", "dev", "copied.sql.gz.enc", "--yes",
+                  env={**pnpm_environ, "HOST_MASTER_KEY_FILE": str(key)}, cwd=elsewhere)
 
     assert result.returncode != 0
     assert f"no such backup file: {elsewhere / 'copied.sql.gz.enc'}" in result.stderr
