@@ -6,6 +6,7 @@ UserError naming the variable, never quoting a secret.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from helpers.errors import UserError
 
 ENVS = ("dev", "staging", "prod")
 COMPRESSORS = ("pigz", "gzip")
+PROFILES = ("best", "fast")
 
 
 def check_env(env: str) -> str:
@@ -155,6 +157,25 @@ def compression_program() -> str:
     if chosen == "gzip" or shutil.which("pigz") is None:
         return "gzip"
     return "pigz"
+
+
+def compression_profile() -> str:
+    """CARABASE_COMPRESSION: `best` (level 9, the default) or `fast` (ISA-L level 2)."""
+    chosen = os.environ.get("CARABASE_COMPRESSION", "").strip() or "best"
+    if chosen not in PROFILES:
+        raise UserError(f"CARABASE_COMPRESSION must be best or fast, not {chosen!r}")
+    return chosen
+
+
+@functools.cache
+def isal_loads() -> bool:
+    """Whether ISA-L (the isal package) loads here: its wheel ships a compiled library,
+    and a platform without a wheel, or a broken install, must fall back to gzip."""
+    try:
+        import isal.isal_zlib  # noqa: F401
+    except Exception:  # ImportError, or an OSError from a library that will not load
+        return False
+    return True
 
 
 def compress_threads() -> int:

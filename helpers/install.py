@@ -87,7 +87,7 @@ def schedule_inputs(env: str, action: str) -> dict:
     if os.environ.get(db.variable):
         variables[db.variable] = os.environ[db.variable]
     variables["HOST_MASTER_KEY_FILE"] = key_file
-    for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
+    for setting in ("CARABASE_COMPRESSION", "CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
 

@@ -98,6 +98,29 @@ def test_backup_with_gzip_forced_restores_identically(dev_environ, tmp_path, cal
     assert snapshot(pg, target) == snapshot(pg, source_db)
 
 
+def test_fast_profile_backup_restores_identically_and_plain_gunzip_reads_it(
+        dev_environ, tmp_path, calls, pg, source_db, database_factory, key_file):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recording(bin_dir, "pigz", calls, REAL_PIGZ)
+    recording(bin_dir, "gzip", calls, shutil.which("gzip"))
+    environ = {**dev_environ, "PATH": f"{bin_dir}{os.pathsep}{dev_environ['PATH']}",
+               "CARABASE_COMPRESSION": "fast"}
+
+    backup = take_backup(environ)
+    compressed_by = calls.read_text() if calls.exists() else ""
+    target = restore_into_new_database(environ, backup, pg, database_factory)
+    decrypted = tmp_path / "fast.sql.gz"
+    with backup.open("rb") as src, decrypted.open("wb") as dst:
+        crypto.decrypt_stream(crypto.parse_key(key_file.read_text()), src, dst)
+    gunzipped = subprocess.run(["gzip", "-dc", str(decrypted)], capture_output=True)
+
+    assert compressed_by == ""  # ISA-L compressed, neither pigz nor gzip
+    assert gunzipped.returncode == 0 and gunzipped.stdout == plain_gzip_of(backup, key_file)
+    assert b'CREATE TABLE "public"."item"' in gunzipped.stdout
+    assert snapshot(pg, target) == snapshot(pg, source_db)
+
+
 @pytest.fixture
 def path_without_pigz(tmp_path) -> str:
     """A PATH holding the tools the tasks run (bash, pg_dump, psql, gzip), and no pigz."""

@@ -4,6 +4,7 @@ progress stage joins the pipeline. MockContext shows the commands; the end-to-en
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from invoke import Exit, MockContext, Result
@@ -20,6 +21,7 @@ def bin_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(directory))
     monkeypatch.delenv("CARABASE_COMPRESSOR", raising=False)
     monkeypatch.delenv("CARABASE_COMPRESS_THREADS", raising=False)
+    monkeypatch.delenv("CARABASE_COMPRESSION", raising=False)
     return directory
 
 
@@ -73,6 +75,30 @@ def test_bad_thread_count_is_refused_even_for_gzip(pigz_installed, monkeypatch, 
     monkeypatch.setenv("CARABASE_COMPRESSOR", forced)
 
     with pytest.raises(UserError, match=f"CARABASE_COMPRESS_THREADS must be .* not '{threads}'"):
+        tasks.compressor()
+
+
+def test_fast_profile_compresses_with_isal_at_level_2(bin_dir, monkeypatch):
+    monkeypatch.setenv("CARABASE_COMPRESSION", "fast")
+
+    assert tasks.compressor() == f"{sys.executable} -m isal.igzip -2 -n"
+
+
+@pytest.mark.parametrize("program, stage", [("pigz", "pigz -1 -p 2"), ("gzip", "gzip -1")])
+def test_fast_profile_without_isal_falls_back_to_level_1(pigz_installed, monkeypatch,
+                                                         program, stage):
+    monkeypatch.setenv("CARABASE_COMPRESSION", "fast")
+    monkeypatch.setenv("CARABASE_COMPRESSOR", program)
+    monkeypatch.setenv("CARABASE_COMPRESS_THREADS", "2")
+    monkeypatch.setattr(tasks, "isal_loads", lambda: False)
+
+    assert tasks.compressor() == stage
+
+
+def test_unknown_compression_profile_is_refused(bin_dir, monkeypatch):
+    monkeypatch.setenv("CARABASE_COMPRESSION", "max")
+
+    with pytest.raises(UserError, match="CARABASE_COMPRESSION must be best or fast, not 'max'"):
         tasks.compressor()
 
 
