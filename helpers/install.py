@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import crypto, launchd, schedule, systemd
-from helpers.config import backup_root, database, env_dir
+from helpers.config import backup_root, database, env_dir, lock_wait_timeout
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
 
@@ -87,7 +87,9 @@ def schedule_inputs(env: str, action: str) -> dict:
     if os.environ.get(db.variable):
         variables[db.variable] = os.environ[db.variable]
     variables["HOST_MASTER_KEY_FILE"] = key_file
-    for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
+    lock_wait_timeout()  # a bad value is refused now, rather than failing every night
+    for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS",
+                    "CARABASE_LOCK_WAIT_TIMEOUT"):
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
 
