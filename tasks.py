@@ -29,16 +29,16 @@ import invoke
 from invoke import Collection, Exit
 
 from helpers import freshness, install, launchd, progress, retention, schedule, systemd
-from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
-                            compression_program, database, env_dir, isal_loads, require_key,
-                            user_path)
+from helpers.config import (Database, check_env, compress_threads, compression_profile,
+                            compression_program, configured_envs, database, env_dir, isal_loads,
+                            lock_wait_timeout, require_key, user_path)
 from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
-from helpers.process import env_lock, stop_on_signal, watching_terminal
+from helpers.process import env_lock, on_lifeline, stop_on_signal, watching_terminal
 from helpers.prune import prune_backups
 from helpers.restore import confirm_restore, decrypt_file, private_tempfile
-from helpers.tree import (ensure_private_dir, fresh_stamp, os_errors_reported, publish,
-                          remove_if_empty, remove_stale_partials)
+from helpers.tree import (ensure_private_dir, fresh_stamp, not_a_directory, os_errors_reported,
+                          publish, remove_if_empty, remove_stale_partials)
 
 REPO = Path(__file__).resolve().parent
 
@@ -150,6 +150,9 @@ def run_backup(c, env: str) -> Path:
     require_key()
     db = database(env)
     compress = compressor()
+    # Never wait forever behind a session that holds a table ACCESS EXCLUSIVE: give up,
+    # and say so (helpers.failures). The unit makes it seconds on every server version.
+    lock_wait = f"--lock-wait-timeout={lock_wait_timeout()}s"
     started = time.monotonic()
     with os_errors_reported(action), stop_on_signal(f"{action} (nothing was published)"), \
             env_lock(env, action):
@@ -161,15 +164,16 @@ def run_backup(c, env: str) -> Path:
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             command = pipeline(
-                quoted("pg_dump", *PG_DUMP_OPTIONS, "--dbname", db.uri),
+                quoted("pg_dump", *PG_DUMP_OPTIONS, lock_wait, "--dbname", db.uri),
                 compress,
                 # After compression: it counts the file as it grows, and costs next to
                 # nothing there (a fifth of the bytes, or less, of the dump itself).
                 progress_stage(f"{action}: wrote"),
                 helper_command("crypto", "encrypt") + " > " + quoted(partial),
             )
-            result = c.run(command, env=child_env(db.child_env()), hide=True, warn=True,
-                           in_stream=False)
+            # On a lifeline: a kill -9 of this process stops the dump too.
+            result = c.run(on_lifeline(command), env=child_env(db.child_env()), hide=True,
+                           warn=True, in_stream=False)
             if not result.ok:
                 raise UserError(f"{action} failed: {failure(result, db)}")
             publish(partial, final, action)
@@ -362,6 +366,9 @@ def drop_database(c, target: Database) -> None:
 def prune(c, env, dry_run=False):
     """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly."""
     root = env_dir(env)  # checks env
+    misplaced = not_a_directory(env)
+    if misplaced:
+        raise UserError(f"prune {env}: {misplaced}")
     if not root.is_dir():
         print(f"{env}: nothing to prune: {root} does not exist")
         return
@@ -376,9 +383,9 @@ def prune(c, env, dry_run=False):
 
 @task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
 def status(c, json=False):
-    """Freshness of every env: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
+    """Freshness of every env in CARABASE_ENVS: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
-    reports = [freshness.freshness_of(env, now) for env in ENVS]
+    reports = [freshness.freshness_of(env, now) for env in configured_envs()]
     worst = freshness.worst_status(reports)
     if json:
         print(freshness.status_json(worst, reports))

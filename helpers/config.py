@@ -27,6 +27,20 @@ def check_env(env: str) -> str:
     return env
 
 
+def configured_envs() -> tuple[str, ...]:
+    """The envs this machine backs up (CARABASE_ENVS, by commas or spaces), in ENVS
+    order; all of them when unset. Status shows and counts only these."""
+    configured = os.environ.get("CARABASE_ENVS", "")
+    if not configured.strip():
+        return ENVS
+    named = configured.replace(",", " ").split()
+    unknown = [name for name in named if name not in ENVS]
+    if unknown or not named:
+        raise UserError(f"CARABASE_ENVS must list some of {', '.join(ENVS)} separated by"
+                        f" commas, not {configured!r}")
+    return tuple(env for env in ENVS if env in named)
+
+
 def backup_root() -> Path:
     configured = os.environ.get("CARABASE_BACKUP_DIR")
     if not configured:
@@ -136,6 +150,24 @@ def parse_database_url(url: str, variable: str) -> Database:
 def build_uri(scheme: str, netloc: str, name: str, query: str) -> str:
     # Not urlunsplit: it drops the "//" of an empty host ("postgresql:///db?host=/sock").
     return f"{scheme}://{netloc}/{quote(name, safe='')}" + (f"?{query}" if query else "")
+
+
+# --- pg_dump ----------------------------------------------------------------------------
+
+LOCK_WAIT_DEFAULT = 300  # seconds
+LOCK_WAIT_MAX = 2_147_483  # seconds: pg_dump sets it as statement_timeout, at most 2^31-1 ms
+
+
+def lock_wait_timeout() -> int:
+    """CARABASE_LOCK_WAIT_TIMEOUT: how many seconds pg_dump waits for a table's lock."""
+    configured = os.environ.get("CARABASE_LOCK_WAIT_TIMEOUT", "").strip()
+    if not configured:
+        return LOCK_WAIT_DEFAULT
+    whole = configured.isascii() and configured.isdigit()
+    if not whole or not 1 <= int(configured) <= LOCK_WAIT_MAX:
+        raise UserError(f"CARABASE_LOCK_WAIT_TIMEOUT must be a whole number of seconds, from 1"
+                        f" to {LOCK_WAIT_MAX}, not {configured!r}")
+    return int(configured)
 
 
 # --- compression ----------------------------------------------------------------------

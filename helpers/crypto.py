@@ -74,6 +74,12 @@ def parse_key(text: str) -> bytes:
     return key
 
 
+def key_file_path(configured: str) -> str:
+    """HOST_MASTER_KEY_FILE as a path: a leading ~ is the home directory even when a .env
+    file or a quoted assignment kept the shell from expanding it."""
+    return os.path.expanduser(configured)
+
+
 def load_key(environ: Mapping[str, str] = os.environ) -> bytes:
     """The master key from HOST_MASTER_KEY or HOST_MASTER_KEY_FILE."""
     inline = environ.get("HOST_MASTER_KEY", "")
@@ -89,6 +95,7 @@ def load_key(environ: Mapping[str, str] = os.environ) -> bytes:
             "no master key: set HOST_MASTER_KEY_FILE to a 0600 file holding the key"
             " (or HOST_MASTER_KEY)"
         )
+    path = key_file_path(path)
     try:
         with open(path, "rb") as key_file:
             mode = os.fstat(key_file.fileno()).st_mode

@@ -1,12 +1,17 @@
 """One line from a failed pipeline's stderr: the root cause, plus what to do about it."""
 from __future__ import annotations
 
-from helpers.config import Database, backup_root
+import re
+
+from helpers.config import Database, backup_root, lock_wait_timeout
 
 # Stage names as they prefix their own error messages, last stage first: when a stage
 # fails, the stages before it fail too (broken pipe), so the last one to complain is
 # where the trouble started.
 STAGE_PREFIXES = ("encrypt:", "decrypt:", "gzip:", "pigz:", "psql:", "pg_dump:")
+# pg_dump reports the statement that --lock-wait-timeout cancelled (since 15 on a
+# "detail: Query was:" line, before on an "error: query was:" one).
+LOCK_TABLE = re.compile(r"LOCK TABLE (?:ONLY )?(.+?) IN ACCESS SHARE MODE")
 
 
 def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
@@ -26,6 +31,12 @@ def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
         detail = versions.split("detail:", 1)[-1].strip()
         return (f"pg_dump is older than the server ({detail}): install a pg_dump at least"
                 " as new as the server and put it first in PATH")
+    if "statement timeout" in stderr and "LOCK TABLE" in stderr:
+        table = LOCK_TABLE.search(stderr)
+        where = f"table {table.group(1)}" if table else "a table"
+        return (f"pg_dump gave up waiting for a lock on {where} after {lock_wait_timeout()} s:"
+                " another session holds it (see pg_locks and pg_stat_activity); try again"
+                " when it is done, or raise CARABASE_LOCK_WAIT_TIMEOUT")
     if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
         return f"{cause} (free some space in {backup_root()} and try again)"
     cannot_connect = "connection to server" in stderr or "does not exist" in stderr

@@ -17,6 +17,7 @@ FRESH_FOR = timedelta(hours=30)  # PASS while the newest backup is younger than 
 STALE_AFTER = timedelta(hours=72)  # FAIL from this age on; WARN in between
 SMALLEST_PLAUSIBLE_BACKUP = 1024  # bytes; the encrypted gzip of an empty dump is smaller
 SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}  # also the exit status of `backup.status`
+IN_THE_FUTURE = "newest backup is dated in the future: check the clock"
 
 
 @dataclass(frozen=True)
@@ -30,21 +31,32 @@ class Freshness:
     path: Path | None = None
     warning: str | None = None  # what makes it worse than its age alone says
 
+    def age_hours(self) -> float | None:
+        """The age in hours, rounded down to a tenth, so that the age shown never reaches a
+        threshold before the status does; None with no backup, or one dated in the future
+        (an age that would be negative)."""
+        if self.age is None or self.age < timedelta(0):
+            return None
+        return (self.age // timedelta(minutes=6)) / 10
+
     def line(self) -> str:
         head = f"[{self.env:<7}] {self.status}"
         if self.latest is None:
             return f"{head} {self.warning or 'no backups'}"
-        # Rounded down, so that the age shown never reaches a threshold before the status.
-        tenths = self.age // timedelta(minutes=6)
-        text = f"{head} latest={utc_text(self.latest)} age={tenths / 10:.1f}h ago"
-        return f"{text} ({self.warning})" if self.warning else text
+        hours = self.age_hours()
+        when = "in the future" if hours is None else f"age={hours:.1f}h ago"
+        text = f"{head} latest={utc_text(self.latest)} {when}"
+        warning = self.warning
+        if hours is None and warning:  # "in the future" is said already
+            warning = warning.replace(IN_THE_FUTURE, "check the clock")
+        return f"{text} ({warning})" if warning else text
 
     def as_json(self) -> dict:
         return {
             "env": self.env,
             "status": self.status,
             "latest": utc_text(self.latest) if self.latest else None,
-            "age_hours": self.age / timedelta(hours=1) if self.age is not None else None,
+            "age_hours": self.age_hours(),
             "path": str(self.path) if self.path else None,
             "warning": self.warning,
         }
@@ -67,7 +79,7 @@ def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
     status = "PASS" if age < FRESH_FOR else "WARN" if age < STALE_AFTER else "FAIL"
     warnings = []
     if latest > now:  # would pass forever, however stale the env really is
-        warnings.append("newest backup is dated in the future: check the clock")
+        warnings.append(IN_THE_FUTURE)
     # An empty or truncated dump is fresh by its name; its size gives it away.
     if size < SMALLEST_PLAUSIBLE_BACKUP:
         warnings.append(f"newest backup is {size} B, under 1 KiB")
@@ -81,6 +93,9 @@ def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
 
 def freshness_of(env: str, now: datetime) -> Freshness:
     """assess_freshness on env's backups as they are on disk (names and sizes only)."""
+    misplaced = tree.not_a_directory(env)
+    if misplaced:
+        return Freshness(env, "FAIL", warning=misplaced)
     try:
         sized = []
         for stamp, path in tree.list_backups(env)[-2:]:

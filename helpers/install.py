@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import crypto, launchd, schedule, systemd
-from helpers.config import backup_root, database, env_dir
+from helpers.config import backup_root, database, env_dir, lock_wait_timeout
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
 
@@ -61,7 +61,7 @@ def schedule_inputs(env: str, action: str) -> dict:
     if os.environ.get("HOST_MASTER_KEY") and not os.environ.get("HOST_MASTER_KEY_FILE"):
         raise UserError(
             f"{action}: refusing to write HOST_MASTER_KEY into a schedule file; keep the key"
-            " in a 0600 file instead: mkdir -p ~/.carabase && (umask 077; printenv"
+            " in a 0600 file instead: mkdir -p -m 700 ~/.carabase && (umask 077; printenv"
             " HOST_MASTER_KEY > ~/.carabase/master.key), then export"
             " HOST_MASTER_KEY_FILE=~/.carabase/master.key, unset HOST_MASTER_KEY and run"
             " this again"
@@ -71,7 +71,7 @@ def schedule_inputs(env: str, action: str) -> dict:
     except crypto.MasterKeyError as error:
         raise UserError(f"{action}: refusing to install a schedule that would fail: {error}") \
             from None
-    key_file = os.path.abspath(os.environ["HOST_MASTER_KEY_FILE"])
+    key_file = os.path.abspath(crypto.key_file_path(os.environ["HOST_MASTER_KEY_FILE"]))
 
     db = database(env)
     if db.password is not None:
@@ -87,7 +87,9 @@ def schedule_inputs(env: str, action: str) -> dict:
     if os.environ.get(db.variable):
         variables[db.variable] = os.environ[db.variable]
     variables["HOST_MASTER_KEY_FILE"] = key_file
-    for setting in ("CARABASE_COMPRESSION", "CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
+    lock_wait_timeout()  # a bad value is refused now, rather than failing every night
+    for setting in ("CARABASE_COMPRESSION", "CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS",
+                    "CARABASE_LOCK_WAIT_TIMEOUT"):
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
 

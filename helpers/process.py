@@ -1,14 +1,18 @@
-"""Process control every task shares: the env's lock, and stopping cleanly on a signal.
+"""Process control every task shares: the env's lock, stopping cleanly on a signal, and
+the lifeline that stops a pipeline when the process controlling it dies.
 
-The one helper module that starts a process (`ps`, to find our descendants).
+The one helper module that starts processes (`ps`, to find our descendants; the command
+a lifeline guards).
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 
 from helpers.config import env_dir
@@ -81,7 +85,10 @@ def stop_on_signal(action: str):
 
 
 def terminate_descendants() -> None:
-    """SIGTERM every process below this one (portable: ps exists on macOS and Linux)."""
+    """SIGTERM every process below this one (portable: ps exists on macOS and Linux).
+
+    The tree is read once, before the first signal, so that processes whose parent dies
+    meanwhile (and are handed to init) are signalled all the same."""
     listing = subprocess.run(
         ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True
     ).stdout
@@ -106,3 +113,44 @@ def watching_terminal() -> str | None:
         return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
     except (AttributeError, OSError, ValueError):  # stderr closed or replaced
         return None
+
+
+# --- the lifeline ---------------------------------------------------------------------
+
+
+def on_lifeline(command: str) -> str:
+    """A shell command that runs bash `command` under `python -m helpers.lifeline`: when
+    the process that started it dies, SIGKILL included, `command` and everything it
+    started are stopped within moments, instead of running on unattended.
+
+    The lifeline is the command's standard input. invoke's run(..., in_stream=False), as
+    every task calls it, gives the command a pipe and holds the pipe's write end, never
+    writing to it, until the command ends; no other process holds that end (it is not
+    inherited). When the controlling process dies, the kernel closes it and the read
+    waiting at the other end returns end-of-file at once: no polling, on any platform.
+    `command` itself reads /dev/null.
+    """
+    return shlex.join([sys.executable, "-m", "helpers.lifeline", "bash", "-c", command])
+
+
+def run_on_lifeline(argv: list[str], lifeline: int = 0) -> int:
+    """Run `argv` until it ends, or until `lifeline` (a file descriptor) reaches
+    end-of-file: then SIGTERM it and all its descendants. Returns its exit status as a
+    shell gives it (128 + N when signal N ended it)."""
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    # Ctrl-C reaches the whole foreground process group: the command stops by itself,
+    # and the controlling process stops whatever is left (stop_on_signal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 4096):  # nobody writes: anything read is ignored
+                pass
+        except OSError:  # an unusable lifeline is as good as a cut one
+            pass
+        if child.poll() is None:
+            terminate_descendants()
+
+    threading.Thread(target=watch, daemon=True).start()
+    status = child.wait()
+    return status if status >= 0 else 128 - status

@@ -20,17 +20,36 @@ DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` and any missing parent as 0700; tighten the backup tree if looser."""
+    """Create `path` and any missing parent as 0700.
+
+    Of the directories that exist already, only those inside the backup root (env and
+    date directories: ours) are tightened to 0700. The root itself and what is above it
+    keep their mode: the root may be a group-shared directory, $HOME, or /tmp with its
+    sticky bit.
+    """
     root = backup_root()
     for directory in (*reversed(path.parents), path):
         if not directory.exists():
             directory.mkdir(mode=0o700, exist_ok=True)
         elif not directory.is_dir():
             raise UserError(f"{directory} is not a directory: check CARABASE_BACKUP_DIR")
-        elif (directory == root or root in directory.parents) \
-                and directory.stat().st_mode & 0o077:
+        elif root in directory.parents and directory.stat().st_mode & 0o077:
             directory.chmod(0o700)
     return path
+
+
+def not_a_directory(env: str) -> str | None:
+    """What is wrong when a file (not a directory) stands where env's backups would be:
+    the backup root, a directory above it, or the env's directory. None otherwise, a
+    missing directory included (it is simply empty)."""
+    root = backup_root()
+    for directory in (*reversed(root.parents), root):
+        if directory.exists() and not directory.is_dir():
+            return f"{directory} is not a directory (check CARABASE_BACKUP_DIR)"
+    directory = env_dir(env)
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is not a directory (move it aside: {env}'s backups go there)"
+    return None
 
 
 def list_backups(env: str) -> list[tuple[datetime, Path]]:

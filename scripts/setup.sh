@@ -8,6 +8,11 @@
 # ~/.carabase/master.key, created (0600) when it does not exist yet.
 set -euo pipefail
 env="${1:-dev}"
+case "$env" in  # before installing anything: a typo must not cost a venv and a key
+    dev | staging | prod) ;;
+    *) echo "scripts/setup.sh: unknown env '$env': expected one of dev, staging, prod" >&2
+       exit 1 ;;
+esac
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [ ! -x "$repo/.venv/bin/python" ]; then
@@ -32,8 +37,9 @@ fi
 
 cat <<NEXT
 
-Next:
+Next, in this shell (invoke is in .venv, and reads the key from HOST_MASTER_KEY_FILE):
+  cd $repo && . .venv/bin/activate
   export HOST_MASTER_KEY_FILE=${HOST_MASTER_KEY_FILE:-<your key file>}
-  $repo/.venv/bin/invoke --search-root $repo backup.status
-  $repo/.venv/bin/invoke --search-root $repo backup.install-cron $env
+  invoke backup.status
+  invoke backup.install-cron $env
 NEXT

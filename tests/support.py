@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,11 @@ def take_backup(environ: dict[str, str], env: str = "dev") -> Path:
     result = run_invoke(f"backup.{env}", env=environ)
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.split(" wrote ", 1)[1].split(" (", 1)[0])
+
+
+def pipeline_on_lifeline(command: str) -> str:
+    """The bash pipeline in a command that tasks.py runs on a lifeline
+    (`python -m helpers.lifeline bash -c PIPELINE`, see helpers.process.on_lifeline)."""
+    words = shlex.split(command)
+    assert words[:5] == [sys.executable, "-m", "helpers.lifeline", "bash", "-c"], command
+    return words[5]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import crypto
+from helpers.config import parse_database_url
 from tests.sample_db import create_varied_database, snapshot
 from tests.support import INVOKE, REPO, run_invoke, seal_backup
 
@@ -444,3 +445,78 @@ def test_restore_whose_decompression_is_killed_midway_commits_nothing(
     wait_for(lambda: our_backends(pg, target) == 0, "psql's backend to go away")
     assert snapshot(pg, target) == before
     assert list(scratch.iterdir()) == []
+
+
+# --- 10. the controlling process alone is SIGKILLed ---------------------------------
+
+
+def files_open_by_anyone(path: Path) -> list[int]:
+    """Pids of the processes that hold `path` open."""
+    holders = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if any(os.readlink(fd) == str(path) for fd in (entry / "fd").iterdir()):
+                    holders.append(int(entry.name))
+            except OSError:
+                continue  # ended meanwhile, or not ours to look at
+    return holders
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_kill_9_of_the_backup_process_stops_its_dump_within_seconds(
+        big_environ, pg, big_db, backup_dir):
+    earlier, digest = plant_earlier_backup(backup_dir)
+    # pg_dump's argv holds the password-free URL, unique to this test's server.
+    uri = parse_database_url(big_environ["CARABASE_DEV_DATABASE_URL"], "V").uri
+    backup = start_invoke("backup.dev", env=big_environ)
+    wait_for(lambda: dump_is_streaming(backup_dir), "the dump to stream")
+    [partial] = partials(backup_dir)
+    assert processes_running("pg_dump", uri) and files_open_by_anyone(partial)
+
+    os.kill(backup.pid, signal.SIGKILL)  # invoke alone, as `kill -9 <pid>` does
+    backup.wait(timeout=10)
+    killed = time.monotonic()
+
+    wait_for(lambda: not processes_running("pg_dump", uri), "pg_dump to stop", timeout=5)
+    wait_for(lambda: our_backends(pg, big_db) == 0, "pg_dump's backend to go", timeout=5)
+    wait_for(lambda: not files_open_by_anyone(partial), "the pipeline to stop", timeout=5)
+    assert time.monotonic() - killed < 3
+    assert published(backup_dir) == [earlier] and unchanged(earlier, digest)
+    assert partials(backup_dir) == [partial]  # the next backup or prune removes it
+
+
+# --- 11. a table locked by another session ------------------------------------------
+
+
+@pytest.fixture
+def locked_table(pg, database_factory):
+    """A database whose table `busy` another session holds ACCESS EXCLUSIVE."""
+    name = database_factory()
+    pg.psql(name, "create table busy (id int); insert into busy values (1)")
+    holder = subprocess.Popen(["psql", "-X", "-q", "-At", "-d", name], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **pg.libpq_env()})
+    holder.stdin.write("begin; lock table busy in access exclusive mode; select 'locked';\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "locked"
+    yield name
+    holder.stdin.close()  # psql ends, the transaction rolls back, the lock goes
+    holder.wait(timeout=30)
+
+
+def test_backup_behind_a_held_table_lock_gives_up_after_the_timeout_and_says_so(
+        keyed_environ, pg, locked_table, backup_dir):
+    environ = {**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(locked_table),
+               "CARABASE_LOCK_WAIT_TIMEOUT": "1"}
+    started = time.monotonic()
+
+    result = run_invoke("backup.dev", env=environ, timeout=30)  # without a timeout: forever
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        'backup dev failed: pg_dump gave up waiting for a lock on table "public"."busy" after'
+        " 1 s: another session holds it (see pg_locks and pg_stat_activity); try again when"
+        " it is done, or raise CARABASE_LOCK_WAIT_TIMEOUT\n")
+    assert time.monotonic() - started < 15
+    assert published(backup_dir) == [] and partials(backup_dir) == []

@@ -11,6 +11,7 @@ from invoke import Exit, MockContext, Result
 
 import tasks
 from helpers.errors import UserError
+from tests.support import pipeline_on_lifeline
 
 
 @pytest.fixture
@@ -142,7 +143,8 @@ def test_backup_counts_its_output_only_when_watched(monkeypatch, tmp_path, bin_d
 
     tasks.run_backup(context, "dev")
 
-    (command,), _ = context.run.call_args
+    (guarded,), _ = context.run.call_args
+    command = pipeline_on_lifeline(guarded)
     stages = command.split(" | ")
     assert stages[0].startswith("set -o pipefail; pg_dump ")
     assert stages[1] == "gzip -9"

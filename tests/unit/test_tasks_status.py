@@ -28,6 +28,7 @@ HOUR = timedelta(hours=1)
 def root(tmp_path, monkeypatch):
     path = tmp_path / "backups"
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(path))
+    monkeypatch.delenv("CARABASE_ENVS", raising=False)
     return path
 
 
@@ -129,3 +130,58 @@ def test_status_reports_an_env_directory_it_cannot_read_as_fail(root, capsys, mo
     assert run_status(LATEST) == 2
     assert capsys.readouterr().out.splitlines()[1] == (
         f"[staging] FAIL cannot read {root / 'staging'}: Permission denied")
+
+
+# --- only the envs this machine backs up ------------------------------------------------
+
+
+@pytest.mark.parametrize("only", ["dev", "prod"])
+def test_status_shows_and_counts_only_the_envs_in_carabase_envs(root, capsys, monkeypatch,
+                                                               only):
+    monkeypatch.setenv("CARABASE_ENVS", only)
+    write_backup(root / only, LATEST)  # the others have none, and are none of its business
+
+    assert run_status(LATEST + HOUR) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"[{only:<7}] PASS latest=2026-04-09T03:17:12Z age=1.0h ago"]
+
+
+def test_status_json_lists_only_the_envs_in_carabase_envs(root, capsys, monkeypatch):
+    monkeypatch.setenv("CARABASE_ENVS", "prod,staging")
+    write_backup(root / "prod", LATEST - 40 * HOUR)
+
+    assert run_status(LATEST, "--json") == 2
+    report = json.loads(capsys.readouterr().out)
+    assert [(env["env"], env["status"]) for env in report["envs"]] == [
+        ("staging", "FAIL"), ("prod", "WARN")]
+
+
+def test_status_with_an_unknown_env_in_carabase_envs_judges_nothing(root, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("CARABASE_ENVS", "dev,prdo")
+
+    assert run_status(LATEST) == 1  # the message: tests/e2e/test_prune_status_cli.py
+    assert capsys.readouterr().out == ""
+
+
+# --- a file where a directory should be ----------------------------------------------
+
+
+def test_status_says_the_backup_dir_is_a_file_instead_of_no_backups(root, capsys, monkeypatch):
+    monkeypatch.setenv("CARABASE_ENVS", "dev")
+    root.write_text("oops\n")
+
+    assert run_status(LATEST) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f"[dev    ] FAIL {root} is not a directory (check CARABASE_BACKUP_DIR)"]
+
+
+def test_status_says_an_env_dir_is_a_file_and_judges_the_others(root, capsys):
+    for env in ("dev", "prod"):
+        write_backup(root / env, LATEST)
+    (root / "staging").write_text("oops\n")
+
+    assert run_status(LATEST + HOUR) == 2
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"[staging] FAIL {root / 'staging'} is not a directory"
+        " (move it aside: staging's backups go there)")

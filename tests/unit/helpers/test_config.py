@@ -81,3 +81,53 @@ def test_relative_backup_dir_is_refused(monkeypatch):
 
     with pytest.raises(UserError, match="absolute path"):
         config.backup_root()
+
+
+# --- CARABASE_ENVS and CARABASE_LOCK_WAIT_TIMEOUT ---------------------------------------
+
+
+def test_every_env_is_configured_when_carabase_envs_is_unset(monkeypatch):
+    monkeypatch.delenv("CARABASE_ENVS", raising=False)
+
+    assert config.configured_envs() == ("dev", "staging", "prod")
+
+
+@pytest.mark.parametrize("value", ["prod,dev", " dev , prod ", "prod dev", "dev,prod,dev"])
+def test_carabase_envs_keeps_the_listed_envs_in_their_usual_order(monkeypatch, value):
+    monkeypatch.setenv("CARABASE_ENVS", value)
+
+    assert config.configured_envs() == ("dev", "prod")
+
+
+@pytest.mark.parametrize("value", ["dev,prdo", "production", ",", "dev;prod"])
+def test_carabase_envs_naming_an_unknown_env_is_refused_in_one_line(monkeypatch, value):
+    monkeypatch.setenv("CARABASE_ENVS", value)
+
+    with pytest.raises(UserError) as refused:
+        config.configured_envs()
+
+    assert refused.value.message == ("CARABASE_ENVS must list some of dev, staging, prod"
+                                     f" separated by commas, not {value!r}")
+
+
+def test_lock_wait_timeout_defaults_to_300_seconds(monkeypatch):
+    monkeypatch.delenv("CARABASE_LOCK_WAIT_TIMEOUT", raising=False)
+
+    assert config.lock_wait_timeout() == 300
+
+
+@pytest.mark.parametrize("value, seconds", [("1", 1), (" 45 ", 45), ("2147483", 2147483)])
+def test_lock_wait_timeout_is_read_in_whole_seconds(monkeypatch, value, seconds):
+    monkeypatch.setenv("CARABASE_LOCK_WAIT_TIMEOUT", value)
+
+    assert config.lock_wait_timeout() == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "5s", "five", "²", "2147484"])
+def test_lock_wait_timeout_that_is_not_whole_seconds_is_refused_in_one_line(monkeypatch,
+                                                                            value):
+    monkeypatch.setenv("CARABASE_LOCK_WAIT_TIMEOUT", value)
+
+    with pytest.raises(UserError, match=r"^CARABASE_LOCK_WAIT_TIMEOUT must be a whole number"
+                                        r" of seconds, from 1 to 2147483, not "):
+        config.lock_wait_timeout()

@@ -168,6 +168,17 @@ def test_key_file_is_read_when_private(tmp_path):
     assert crypto.load_key({"HOST_MASTER_KEY_FILE": str(path)}) == KEY
 
 
+def test_key_file_under_an_unexpanded_tilde_is_read_from_home(tmp_path, monkeypatch):
+    # HOST_MASTER_KEY_FILE=~/.carabase/master.key, quoted as in a .env file: a literal ~.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".carabase").mkdir()
+    path = tmp_path / ".carabase" / "master.key"
+    path.write_text(KEY.hex() + "\n")
+    path.chmod(0o600)
+
+    assert crypto.load_key({"HOST_MASTER_KEY_FILE": "~/.carabase/master.key"}) == KEY
+
+
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_key_file_readable_by_others_is_refused(tmp_path, mode):
     path = tmp_path / "key"

@@ -1,6 +1,8 @@
 """The one line a failed pipeline is summed up in."""
 from __future__ import annotations
 
+import pytest
+
 from helpers.config import parse_database_url
 from helpers.failures import explain_pipeline_failure
 
@@ -13,3 +15,30 @@ def test_failed_pipeline_explains_its_last_failing_stage():
 
     assert message.startswith("encrypt: No space left on device")
     assert "free some space" in message
+
+
+@pytest.mark.parametrize("stderr", [
+    # pg_dump 15 and later
+    "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n"
+    "pg_dump: detail: Query was: LOCK TABLE \"public\".\"busy\" IN ACCESS SHARE MODE\n",
+    # before 15
+    "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n"
+    "pg_dump: error: query was: LOCK TABLE \"public\".\"busy\" IN ACCESS SHARE MODE\n",
+])
+def test_dump_that_timed_out_on_a_lock_says_it_gave_up_waiting_and_on_which_table(
+        monkeypatch, stderr):
+    monkeypatch.setenv("CARABASE_LOCK_WAIT_TIMEOUT", "60")
+    message = explain_pipeline_failure(stderr, 1, parse_database_url("postgresql:///x", "V"))
+
+    assert message == ('pg_dump gave up waiting for a lock on table "public"."busy" after 60 s:'
+                       " another session holds it (see pg_locks and pg_stat_activity); try"
+                       " again when it is done, or raise CARABASE_LOCK_WAIT_TIMEOUT")
+
+
+def test_statement_timeout_outside_the_lock_phase_is_not_called_a_lock_wait():
+    stderr = ("pg_dump: error: Dumping the contents of table \"big\" failed: PQgetResult()"
+              " failed.\npg_dump: detail: Error message from server: ERROR:  canceling"
+              " statement due to statement timeout\n")
+    message = explain_pipeline_failure(stderr, 1, parse_database_url("postgresql:///x", "V"))
+
+    assert "lock" not in message and "statement timeout" in message

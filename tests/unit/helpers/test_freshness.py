@@ -111,7 +111,33 @@ def test_shrunken_backup_keeps_warn_and_fail_as_they_are():
 def test_newest_backup_dated_in_the_future_warns_instead_of_passing_forever():
     report = assess(-5 * HOUR)
     assert report.status == "WARN"
-    assert "dated in the future" in report.line()
+    assert "dated in the future" in report.warning
+
+
+def test_backup_dated_in_the_future_says_so_instead_of_a_negative_age():
+    report = assess(-timedelta(hours=4462, minutes=42))
+    assert report.line() == ("[dev    ] WARN latest=2026-04-09T03:17:12Z in the future"
+                             " (check the clock)")
+    assert report.as_json()["age_hours"] is None
+    assert report.as_json()["warning"] == "newest backup is dated in the future: check the clock"
+
+
+def test_backup_dated_in_the_future_keeps_its_other_warnings():
+    report = assess(-HOUR, size=100)
+    assert report.line().endswith(
+        " in the future (check the clock; newest backup is 100 B, under 1 KiB)")
+
+
+@pytest.mark.parametrize("age, hours", [
+    (timedelta(seconds=1), 0.0),  # not 0.000277...
+    (timedelta(minutes=12, seconds=59), 0.2),
+    (timedelta(hours=29, minutes=59, seconds=59), 29.9),  # as the line: never 30.0 on a PASS
+    (timedelta(hours=55, minutes=12, seconds=30), 55.2),
+])
+def test_json_age_is_rounded_down_to_a_tenth_of_an_hour_as_the_line_shows_it(age, hours):
+    report = assess(age)
+    assert report.as_json()["age_hours"] == hours
+    assert report.line().endswith(f"age={hours:.1f}h ago")
 
 
 def test_worst_status_orders_fail_over_warn_over_pass():

@@ -38,3 +38,56 @@ def test_write_atomically_replaces_the_file_whole_with_its_mode(tmp_path):
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(path.name for path in target.parent.iterdir()) == ["x.timer"]
+
+
+def test_inline_key_refusal_suggests_a_private_directory_for_the_key_file(monkeypatch):
+    monkeypatch.delenv("HOST_MASTER_KEY_FILE", raising=False)
+    monkeypatch.setenv("HOST_MASTER_KEY", "ab" * 32)
+    with pytest.raises(UserError) as refused:
+        install.schedule_inputs("prod", "install-cron prod")
+    assert "mkdir -p -m 700 ~/.carabase &&" in refused.value.message
+
+
+def test_key_file_under_an_unexpanded_tilde_goes_into_the_schedule_as_its_real_path(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.delenv("HOST_MASTER_KEY", raising=False)
+    monkeypatch.delenv("CARABASE_PROD_DATABASE_URL", raising=False)
+    key = tmp_path / ".carabase" / "master.key"
+    key.parent.mkdir()
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    monkeypatch.setenv("HOST_MASTER_KEY_FILE", "~/.carabase/master.key")  # as a .env has it
+
+    inputs = install.schedule_inputs("prod", "install-cron prod")
+
+    assert inputs["variables"]["HOST_MASTER_KEY_FILE"] == str(key)
+
+
+@pytest.fixture
+def schedulable(monkeypatch, tmp_path):
+    """A key file and a backup dir from which a prod schedule can be made."""
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.delenv("HOST_MASTER_KEY", raising=False)
+    monkeypatch.delenv("CARABASE_PROD_DATABASE_URL", raising=False)
+    key = tmp_path / "master.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    monkeypatch.setenv("HOST_MASTER_KEY_FILE", str(key))
+
+
+def test_lock_wait_timeout_goes_into_the_schedule_as_set(monkeypatch, schedulable):
+    monkeypatch.setenv("CARABASE_LOCK_WAIT_TIMEOUT", "900")
+
+    inputs = install.schedule_inputs("prod", "install-cron prod")
+
+    assert inputs["variables"]["CARABASE_LOCK_WAIT_TIMEOUT"] == "900"
+
+
+def test_lock_wait_timeout_that_would_fail_every_night_is_refused_now(monkeypatch,
+                                                                      schedulable):
+    monkeypatch.setenv("CARABASE_LOCK_WAIT_TIMEOUT", "15min")
+
+    with pytest.raises(UserError, match="CARABASE_LOCK_WAIT_TIMEOUT must be a whole number"):
+        install.schedule_inputs("prod", "install-cron prod")
