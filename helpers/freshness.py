@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from helpers import drill as drills
 from helpers import tree
 from helpers.config import env_dir
 
@@ -29,6 +30,7 @@ class Freshness:
     age: timedelta | None = None
     path: Path | None = None
     warning: str | None = None  # what makes it worse than its age alone says
+    drill: dict | None = None  # the last restore drill's record (helpers.drill)
 
     def line(self) -> str:
         head = f"[{self.env:<7}] {self.status}"
@@ -37,6 +39,8 @@ class Freshness:
         # Rounded down, so that the age shown never reaches a threshold before the status.
         tenths = self.age // timedelta(minutes=6)
         text = f"{head} latest={utc_text(self.latest)} age={tenths / 10:.1f}h ago"
+        if self.drill is not None:
+            text += f" drill={self.drill['finished']}"
         return f"{text} ({self.warning})" if self.warning else text
 
     def as_json(self) -> dict:
@@ -47,6 +51,7 @@ class Freshness:
             "age_hours": self.age / timedelta(hours=1) if self.age is not None else None,
             "path": str(self.path) if self.path else None,
             "warning": self.warning,
+            "drill": self.drill,
         }
 
 
@@ -55,13 +60,16 @@ def utc_text(stamp: datetime) -> str:
 
 
 def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
-                     now: datetime) -> Freshness:
+                     now: datetime, drill: dict | None = None,
+                     drill_unreadable: str | None = None) -> Freshness:
     """Judge env at `now` from its backups: (UTC start, path, size in bytes), oldest first.
 
     Only the last two matter: the newest's age, and its size against the one before it.
+    A last restore drill (its record, or why that cannot be read) that did not pass
+    makes the env at least WARN.
     """
     if not backups:
-        return Freshness(env, "FAIL")
+        return Freshness(env, "FAIL", drill=drill)
     latest, path, size = backups[-1]
     age = now - latest
     status = "PASS" if age < FRESH_FOR else "WARN" if age < STALE_AFTER else "FAIL"
@@ -74,9 +82,14 @@ def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
     elif len(backups) > 1 and size * 2 < backups[-2][2]:
         percent = size * 100 // backups[-2][2]
         warnings.append(f"newest backup is {percent}% the size of the one before it")
+    if drill is not None and drill["result"] != "PASS":
+        problems = drill.get("problems") or []
+        warnings.append(f"last drill {drill['result']}" + (f": {problems[0]}" if problems else ""))
+    if drill_unreadable:
+        warnings.append(drill_unreadable)
     if warnings and status == "PASS":
         status = "WARN"
-    return Freshness(env, status, latest, age, path, "; ".join(warnings) or None)
+    return Freshness(env, status, latest, age, path, "; ".join(warnings) or None, drill)
 
 
 def freshness_of(env: str, now: datetime) -> Freshness:
@@ -90,7 +103,11 @@ def freshness_of(env: str, now: datetime) -> Freshness:
                 continue
     except OSError as error:
         return Freshness(env, "FAIL", warning=f"cannot read {env_dir(env)}: {error.strerror}")
-    return assess_freshness(env, sized, now)
+    try:
+        drill, drill_unreadable = drills.last_drill(env), None
+    except ValueError as error:
+        drill, drill_unreadable = None, str(error)
+    return assess_freshness(env, sized, now, drill, drill_unreadable)
 
 
 def worst_status(reports: list[Freshness]) -> str:
