@@ -577,6 +577,8 @@ def verify_file(key: bytes, path: Path, sink=None) -> str | None:
 
 @task(
     name="drill",
+    # --file, not a positional FILE: invoke has no optional positional arguments (it
+    # requires every positional one, and takes none that has a default).
     help={
         "env": "dev, staging or prod: whose backup, and whose live database to compare with",
         "file": "the .sql.gz.enc backup to drill (default: the env's newest)",
@@ -589,6 +591,8 @@ def restore_drill(c, env, file=None):
     source = drill_source(env, file, action)
     scratch = drill_database()
     refuse_if_scratch_reaches_an_env(c, scratch, action)
+    with os_errors_reported(action):
+        ensure_private_dir(env_dir(env))  # for the lock and the record, even with --file
     with stop_on_signal(f"{action}: interrupted (the scratch database is dropped)"), \
             drill.scratch_lock(action):
         proof, seconds = run_drill(c, env, key, source, scratch, action)
