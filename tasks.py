@@ -445,13 +445,14 @@ def load_systemd(c, env: str, action: str) -> None:
         "env": "dev, staging or prod",
         "platform": "launchd or systemd (default: launchd on macOS, systemd elsewhere)",
         "dry-run": "print what would be written and run, and change nothing",
+        "drill": "weekly (Sundays, the default), nightly or off: when the job restore-drills",
     }
 )
-def install_cron(c, env, platform=None, dry_run=False):
+def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHEDULE):
     """Run backup.<env> then backup.prune <env> every night at 03:17 local time."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
-    files = install.schedule_files(env, platform, action)
+    files = install.schedule_files(env, platform, action, drill)
     log = install.schedule_log(env)
     if dry_run:
         for file in files:
@@ -476,6 +477,8 @@ def install_cron(c, env, platform=None, dry_run=False):
         load_systemd(c, env, action)
     print(f"{env}: backup then prune every night at"
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
+    print(f"{env}: restore drill {drill}" + (" (Sundays, after the backup)"
+                                            if drill == "weekly" else ""))
 
 
 @task(

@@ -38,3 +38,27 @@ def test_write_atomically_replaces_the_file_whole_with_its_mode(tmp_path):
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(path.name for path in target.parent.iterdir()) == ["x.timer"]
+
+
+# --- the restore drill's schedule ---------------------------------------------------------
+
+
+def test_drill_schedule_reaches_the_job_as_carabase_drill(monkeypatch):
+    monkeypatch.delenv("CARABASE_DRILL_DATABASE_URL", raising=False)
+    assert install.drill_variables("weekly", "install-cron dev") == {"CARABASE_DRILL": "weekly"}
+    assert install.drill_variables("off", "install-cron dev") == {"CARABASE_DRILL": "off"}
+
+
+def test_drill_scratch_url_is_carried_unless_it_holds_a_password(monkeypatch):
+    monkeypatch.setenv("CARABASE_DRILL_DATABASE_URL", "postgresql://me@db/scratch")
+    assert install.drill_variables("nightly", "install-cron dev") == {
+        "CARABASE_DRILL": "nightly", "CARABASE_DRILL_DATABASE_URL": "postgresql://me@db/scratch"}
+    monkeypatch.setenv("CARABASE_DRILL_DATABASE_URL", "postgresql://me:s3cret@db/scratch")
+    with pytest.raises(UserError, match="holds a password") as error:
+        install.drill_variables("weekly", "install-cron dev")
+    assert "s3cret" not in str(error.value)
+
+
+def test_unknown_drill_schedule_is_refused():
+    with pytest.raises(UserError, match="--drill must be weekly, nightly or off, not 'daily'"):
+        install.drill_variables("daily", "install-cron dev")
