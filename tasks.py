@@ -624,7 +624,10 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
     """The drill itself: check the file (counting its COPY rows on the way), restore it
     into a fresh scratch database, count what arrived, always drop it."""
     scanner = dumpscan.DumpScanner()
-    reason = verify_file(key, source, sink=scanner.feed)
+    try:
+        reason = verify_file(key, source, sink=scanner.feed)
+    except FileNotFoundError:
+        raise UserError(f"{action}: {source} disappeared (pruned meanwhile?)") from None
     if reason:  # nothing was touched
         return drill.Proof("FAIL", problems=[f"the backup is damaged: {reason}"]), None
     scanner.finish()
@@ -702,7 +705,10 @@ def table_counts(c, db: Database, query: str):
                    warn=True, in_stream=False)
     if not result.ok:
         return None, failure(result, db)
-    answer = json.loads(result.stdout)
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        return None, f"unexpected answer from psql: {result.stdout[:80]!r}"
     tables = {(schema, name): rows for schema, name, rows in answer["tables"]}
     return (tables, answer["large_objects"]), None
 
@@ -726,8 +732,9 @@ SCRATCH_MARK = "carabase restore drill scratch database: dropped after each dril
 
 
 def create_scratch(c, scratch: Database, action: str) -> None:
-    """A new, empty scratch database; first drop the one a killed drill left behind,
-    never a database of that name the drill did not make."""
+    """A new, empty scratch database (from template0, as pristine as a fresh server's);
+    first drop the one a killed drill left behind, never a database of that name the
+    drill did not make."""
     maintenance = scratch.on_database("postgres")
     probe = run_sql_with_name(
         c, maintenance, "select count(*), coalesce(max(shobj_description(oid, 'pg_database')),"
@@ -743,8 +750,8 @@ def create_scratch(c, scratch: Database, action: str) -> None:
                             " or drop it yourself if nothing in it matters")
         drop_scratch(c, scratch, action)
     created = run_sql_with_name(
-        c, maintenance, f"""create database :"name"; comment on database :"name" is """
-        f"""'{SCRATCH_MARK}';""", scratch.name)
+        c, maintenance, f"""create database :"name" template template0;"""
+        f""" comment on database :"name" is '{SCRATCH_MARK}';""", scratch.name)
     if not created.ok:
         raise UserError(f"{action}: cannot create the scratch database {scratch.name}:"
                         f" {failure(created, scratch)}")

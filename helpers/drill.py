@@ -220,3 +220,14 @@ def is_due(schedule: str, last: datetime | None, now: datetime,
     if now - last >= timedelta(days=7):
         return True
     return now.weekday() == SUNDAY and last.astimezone(now.tzinfo).date() < now.date()
+
+
+def drill_due(env: str, environ, now: datetime) -> bool:
+    """is_due for `env` tonight: CARABASE_DRILL and the last record. `now` is local time
+    (datetime.now().astimezone()). A record that cannot be read makes a drill due."""
+    try:
+        last = last_drill(env)
+    except ValueError:
+        return drill_schedule(environ) != "off"
+    return is_due(drill_schedule(environ), finished_at(last) if last else None, now,
+                  last["result"] if last else None)

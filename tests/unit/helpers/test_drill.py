@@ -165,3 +165,14 @@ def test_drill_schedule_comes_from_carabase_drill_defaulting_to_weekly():
     assert drill.drill_schedule({"CARABASE_DRILL": "off"}) == "off"
     with pytest.raises(UserError, match="CARABASE_DRILL must be weekly, nightly or off"):
         drill.drill_schedule({"CARABASE_DRILL": "daily"})
+
+
+def test_drill_due_reads_the_schedule_and_the_last_record(root):
+    monday = SUNDAY_NIGHT + timedelta(days=1)
+    assert drill.drill_due("dev", {}, monday) is True  # never drilled
+    drill.record("dev", drill.Proof("PASS"), Path("/b/f"), SUNDAY_NIGHT, 1.0)
+    assert drill.drill_due("dev", {}, monday) is False
+    assert drill.drill_due("dev", {"CARABASE_DRILL": "nightly"}, monday) is True
+    (root / "dev" / ".drill.json").write_text("garbage")
+    assert drill.drill_due("dev", {}, monday) is True
+    assert drill.drill_due("dev", {"CARABASE_DRILL": "off"}, monday) is False
