@@ -227,18 +227,20 @@ def test_backup_far_smaller_than_the_live_tables_drills_warn(drill_environ, pg, 
         in result.stderr
 
 
-def test_damaged_backup_drills_fail_without_touching_anything(
-        drill_environ, pg, source_db, master_key, tmp_path, scratch_name):
-    dump = pg_dump(pg, source_db)
-    backup = seal_backup(tmp_path / "2026-03-01T031700.sql.gz.enc",
-                         gzip.compress(dump)[:-50], master_key)
+def test_damaged_backup_verifies_damaged_and_drills_fail_without_touching_anything(
+        drill_environ, pg, source_db, master_key, backup_dir, scratch_name):
+    day = backup_dir / "dev" / retention.date_dir_name(STAMP)
+    day.mkdir(parents=True)
+    backup = seal_backup(day / retention.backup_name(STAMP),
+                         gzip.compress(pg_dump(pg, source_db))[:-50], master_key)
     before = snapshot(pg, source_db)
     databases = pg.psql("postgres", "select datname from pg_database order by 1")
 
-    verified = run_invoke("backup.verify", "dev", env=drill_environ)  # no backups in tree
-    drilled = run_invoke("backup.drill", "dev", "--file", str(backup), env=drill_environ)
+    verified = run_invoke("backup.verify", "dev", env=drill_environ)
+    drilled = run_invoke("backup.drill", "dev", env=drill_environ)
 
     assert verified.returncode == 1
+    assert verified.stdout == f"DAMAGED {backup}: gzip stream truncated\n"
     assert drilled.returncode == 1
     assert drilled.stderr == (f"drill dev: FAIL {backup}: the backup is damaged:"
                               " gzip stream truncated\n")
