@@ -4,6 +4,8 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
+    invoke backup.verify prod [--all]          authenticate + gzip-check backups, no plaintext
+    invoke backup.drill prod [--file FILE]     restore into a scratch database, prove, drop
     invoke backup.install-cron prod            nightly backup + prune at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
@@ -11,8 +13,9 @@ This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd). Sections: composing commands, backup, restore, prune and status, schedule,
-the namespace. See README.md.
+systemd), verifying (verify), the drill's dump counts and judgement (dumpscan, drill).
+Sections: composing commands, backup, restore, prune and status, schedule, verify and
+drill, the namespace. See README.md.
 """
 from __future__ import annotations
 
