@@ -599,7 +599,7 @@ def restore_drill(c, env, file=None):
     refuse_if_scratch_reaches_an_env(c, scratch, action)
     with os_errors_reported(action):
         ensure_private_dir(env_dir(env))  # for the lock and the record, even with --file
-    with stop_on_signal(f"{action}: interrupted (the scratch database is dropped)"), \
+    with stop_on_signal(f"{action} (the scratch database was dropped)"), \
             drill.scratch_lock(action):
         proof, seconds = run_drill(c, env, key, source, scratch, action)
     drill.record(env, proof, source, datetime.now(timezone.utc), seconds)
