@@ -4,6 +4,8 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
+    invoke backup.verify prod [--all]          authenticate + gzip-check backups, no plaintext
+    invoke backup.drill prod [--file FILE]     restore into a scratch database, prove, drop
     invoke backup.install-cron prod            nightly backup + prune at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
@@ -11,12 +13,14 @@ This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd). Sections: composing commands, backup, restore, prune and status, schedule,
-the namespace. See README.md.
+systemd), verifying (verify), the drill's dump counts and judgement (dumpscan, drill).
+Sections: composing commands, backup, restore, prune and status, schedule, verify and
+drill, the namespace. See README.md.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import shutil
@@ -28,17 +32,18 @@ from pathlib import Path
 import invoke
 from invoke import Collection, Exit
 
-from helpers import freshness, install, launchd, progress, retention, schedule, systemd
-from helpers.config import (Database, check_env, compress_threads, compression_profile,
-                            compression_program, configured_envs, database, env_dir, isal_loads,
-                            lock_wait_timeout, require_key, user_path)
+from helpers import (drill, dumpscan, freshness, install, launchd, progress, retention,
+                     schedule, systemd, verify)
+from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
+                            compression_program, configured_envs, database, drill_database,
+                            env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
 from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
 from helpers.process import env_lock, on_lifeline, stop_on_signal, watching_terminal
 from helpers.prune import prune_backups
 from helpers.restore import confirm_restore, decrypt_file, private_tempfile
-from helpers.tree import (ensure_private_dir, fresh_stamp, not_a_directory, os_errors_reported,
-                          publish, remove_if_empty, remove_stale_partials)
+from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
+                          os_errors_reported, publish, remove_if_empty, remove_stale_partials)
 
 REPO = Path(__file__).resolve().parent
 
@@ -457,13 +462,14 @@ def load_systemd(c, env: str, action: str) -> None:
         "env": "dev, staging or prod",
         "platform": "launchd or systemd (default: launchd on macOS, systemd elsewhere)",
         "dry-run": "print what would be written and run, and change nothing",
+        "drill": "weekly (Sundays, the default), nightly or off: when the job restore-drills",
     }
 )
-def install_cron(c, env, platform=None, dry_run=False):
+def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHEDULE):
     """Run backup.<env> then backup.prune <env> every night at 03:17 local time."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
-    files = install.schedule_files(env, platform, action)
+    files = install.schedule_files(env, platform, action, drill)
     log = install.schedule_log(env)
     if dry_run:
         for file in files:
@@ -488,6 +494,8 @@ def install_cron(c, env, platform=None, dry_run=False):
         load_systemd(c, env, action)
     print(f"{env}: backup then prune every night at"
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
+    print(f"{env}: restore drill {drill}" + (" (Sundays, after the backup)"
+                                            if drill == "weekly" else ""))
 
 
 @task(
@@ -539,6 +547,254 @@ def uninstall_cron(c, env, platform=None, dry_run=False):
     print(f"{env}: nightly schedule removed; the backups and {install.schedule_log(env)} stay")
 
 
+# --- verify and drill -----------------------------------------------------------------
+
+
+@task(
+    name="verify",
+    help={
+        "env": "dev, staging or prod",
+        "all": "every backup of the env, not only the newest",
+        "offsite": "the off-site copies (CARABASE_OFFSITE) instead of the local files",
+    },
+)
+def verify_backups(c, env, all=False, offsite=False):
+    """Authenticate backups and check their gzip streams: OK or DAMAGED, one line each."""
+    action = f"verify {check_env(env)}"
+    if offsite:
+        if not os.environ.get("CARABASE_OFFSITE"):
+            raise UserError(f"{action} --offsite: needs CARABASE_OFFSITE, the rclone"
+                            " destination of the off-site copies")
+        raise UserError(f"{action} --offsite: this version cannot read off-site copies yet")
+    key = require_key()
+    with os_errors_reported(action):
+        backups = [path for _, path in list_backups(env)]
+    if not backups:
+        raise UserError(f"{action}: no backups in {env_dir(env)}")
+    damaged = 0
+    checked = backups if all else backups[-1:]
+    for path in checked:
+        try:
+            reason = verify_file(key, path)
+        except FileNotFoundError:  # pruned since the listing: nothing left to verify
+            continue
+        damaged += reason is not None
+        print(f"DAMAGED {path}: {reason}" if reason else f"OK {path}", flush=True)
+    if damaged:
+        raise UserError(f"{action}: {damaged} of {len(checked)} backups damaged")
+
+
+def verify_file(key: bytes, path: Path, sink=None) -> str | None:
+    """helpers.verify.check_backup on a file: None if intact, else the reason."""
+    try:
+        with open(path, "rb") as source:
+            return verify.check_backup(key, source, sink)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+
+
+@task(
+    name="drill",
+    # --file, not a positional FILE: invoke has no optional positional arguments (it
+    # requires every positional one, and takes none that has a default).
+    help={
+        "env": "dev, staging or prod: whose backup, and whose live database to compare with",
+        "file": "the .sql.gz.enc backup to drill (default: the env's newest)",
+    },
+)
+def restore_drill(c, env, file=None):
+    """Restore a backup into the scratch database, prove it holds the data, drop it."""
+    action = f"drill {check_env(env)}"
+    key = require_key()
+    source = drill_source(env, file, action)
+    scratch = drill_database()
+    refuse_if_scratch_reaches_an_env(c, scratch, action)
+    with os_errors_reported(action):
+        ensure_private_dir(env_dir(env))  # for the lock and the record, even with --file
+    with stop_on_signal(f"{action} (the scratch database was dropped)"), \
+            drill.scratch_lock(action):
+        proof, seconds = run_drill(c, env, key, source, scratch, action)
+    drill.record(env, proof, source, datetime.now(timezone.utc), seconds)
+    line = drill.summary(env, proof, source, seconds)
+    if proof.result != "PASS":
+        raise UserError(line)
+    print(line)
+
+
+def drill_source(env: str, file: str | None, action: str) -> Path:
+    if file is None:
+        with os_errors_reported(action):
+            backups = list_backups(env)
+        if not backups:
+            raise UserError(f"{action}: no backups in {env_dir(env)}")
+        return backups[-1][1]
+    source = user_path(file)
+    if not source.is_file():
+        raise UserError(f"{action}: no such backup file: {source}")
+    return source
+
+
+def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
+              action: str) -> tuple[drill.Proof, float | None]:
+    """The drill itself: check the file (counting its COPY rows on the way), restore it
+    into a fresh scratch database, count what arrived, always drop it."""
+    scanner = dumpscan.DumpScanner()
+    try:
+        reason = verify_file(key, source, sink=scanner.feed)
+    except FileNotFoundError:
+        raise UserError(f"{action}: {source} disappeared (pruned meanwhile?)") from None
+    if reason:  # nothing was touched
+        return drill.Proof("FAIL", problems=[f"the backup is damaged: {reason}"]), None
+    scanner.finish()
+    live, unreachable = live_tables(c, database(env))
+    create_scratch(c, scratch, action)
+    try:
+        started = time.monotonic()
+        failed = apply_into(c, source, scratch, action)
+        seconds = time.monotonic() - started
+        if failed:
+            return drill.Proof("FAIL", problems=[f"the restore failed: {failed}"]), seconds
+        restored, restored_large_objects = count_restored(c, scratch, action)
+    finally:
+        drop_scratch(c, scratch, action)
+    return drill.judge(scanner.rows, scanner.large_objects, restored, restored_large_objects,
+                       live, scanner.unfinished_table, unreachable), seconds
+
+
+def refuse_if_scratch_reaches_an_env(c, scratch: Database, action: str) -> None:
+    """The drill drops its scratch database: it must not be any env's database, judged
+    by where the connections lead (as restore's prod guard judges)."""
+    scratch_identity = server_identity(c, scratch)
+    if scratch_identity is None:
+        raise UserError(f"{action}: cannot connect to the server of {scratch.uri}"
+                        f" (check {scratch.variable})")
+    for env in ENVS:
+        db = database(env)
+        identity = server_identity(c, db)
+        if identity is None and os.environ.get(db.variable):
+            raise UserError(f"{action} refused: cannot reach {env}'s database to check that"
+                            f" {scratch.variable} does not lead to it; fix {db.variable} or"
+                            f" unset it if {env} is not reachable from here")
+        if identity == scratch_identity:
+            raise UserError(f"{action} refused: {scratch.variable} leads to {env}'s database"
+                            f" ({db.uri}), which a drill would drop; point it at a database"
+                            " of its own (default postgresql:///carabase_drill)")
+
+
+# Every ordinary table (leaf partitions included: pg_dump writes their rows, not their
+# parent's), outside the system schemas and extensions (whose scripts make their tables).
+USER_TABLES = """
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind = 'r' and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+      and not exists (select from pg_depend d where d.classid = 'pg_class'::regclass
+                      and d.objid = c.oid and d.deptype = 'e')"""
+
+# Estimates, not counts: a count(*) of every table of a live database costs a full scan.
+# reltuples once VACUUM or ANALYZE has run; before that, the statistics' live rows.
+LIVE_ESTIMATES = f"""
+    select json_build_object(
+      'tables', coalesce(json_agg(json_build_array(n.nspname, c.relname,
+          case when c.reltuples > 0 then c.reltuples
+               else coalesce((select n_live_tup from pg_stat_user_tables s
+                              where s.relid = c.oid), 0) end)), '[]'),
+      'large_objects', (select count(*) from pg_largeobject_metadata))
+    {USER_TABLES}"""
+
+# Exact counts in the scratch database, in one query: query_to_xml runs the count(*)
+# built for each table. row_security off: a policy would fail the count, not shrink it.
+RESTORED_COUNTS = f"""
+    set row_security = off;
+    select json_build_object(
+      'tables', coalesce(json_agg(json_build_array(n.nspname, c.relname,
+          (xpath('/row/n/text()', query_to_xml(
+              format('select count(*) as n from %I.%I', n.nspname, c.relname),
+              false, true, '')))[1]::text::bigint)), '[]'),
+      'large_objects', (select count(*) from pg_largeobject_metadata))
+    {USER_TABLES}"""
+
+
+def table_counts(c, db: Database, query: str):
+    """Run one of the queries above: ({(schema, table): rows}, large objects), or the
+    one line saying why it failed."""
+    result = c.run(psql_command(db, "-At", "-c", query), env=db.child_env(), hide=True,
+                   warn=True, in_stream=False)
+    if not result.ok:
+        return None, failure(result, db)
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        return None, f"unexpected answer from psql: {result.stdout[:80]!r}"
+    tables = {(schema, name): rows for schema, name, rows in answer["tables"]}
+    return (tables, answer["large_objects"]), None
+
+
+def live_tables(c, db: Database) -> tuple[drill.Live | None, str | None]:
+    counted, why = table_counts(c, db, LIVE_ESTIMATES)
+    if counted is None:
+        return None, why
+    return drill.Live(*counted), None
+
+
+def count_restored(c, scratch: Database, action: str) -> tuple[dict, int]:
+    counted, why = table_counts(c, scratch, RESTORED_COUNTS)
+    if counted is None:
+        raise UserError(f"{action}: cannot count the rows of {scratch.uri}: {why}")
+    return counted
+
+
+# What marks the scratch database as the drill's own: a leftover is dropped only with it.
+SCRATCH_MARK = "carabase restore drill scratch database: dropped after each drill"
+
+
+def create_scratch(c, scratch: Database, action: str) -> None:
+    """A new, empty scratch database (from template0, as pristine as a fresh server's);
+    first drop the one a killed drill left behind, never a database of that name the
+    drill did not make."""
+    maintenance = scratch.on_database("postgres")
+    probe = run_sql_with_name(
+        c, maintenance, "select count(*), coalesce(max(shobj_description(oid, 'pg_database')),"
+        " '') from pg_database where datname = :'name'", scratch.name)
+    if not probe.ok:
+        raise UserError(f"{action}: cannot connect to the server of {scratch.uri}:"
+                        f" {failure(probe, scratch)}")
+    exists, _, mark = probe.stdout.strip().partition("|")
+    if exists != "0":
+        if mark != SCRATCH_MARK:
+            raise UserError(f"{action} refused: database {scratch.name} exists and was not"
+                            f" made by a drill; set {scratch.variable} to another database,"
+                            " or drop it yourself if nothing in it matters")
+        drop_scratch(c, scratch, action)
+    created = run_sql_with_name(
+        c, maintenance, f"""create database :"name" template template0;"""
+        f""" comment on database :"name" is '{SCRATCH_MARK}';""", scratch.name)
+    if not created.ok:
+        raise UserError(f"{action}: cannot create the scratch database {scratch.name}:"
+                        f" {failure(created, scratch)}")
+
+
+def apply_into(c, source: Path, scratch: Database, action: str) -> str | None:
+    """decrypt | gzip -dc | psql into the scratch database; None, or why it failed."""
+    decrypt = helper_command("crypto", "decrypt")
+    watch = progress_stage(f"{action}: read", total=source.stat().st_size)
+    read = f"{watch} < {quoted(source)} | {decrypt}" if watch \
+        else f"{decrypt} < {quoted(source)}"
+    command = pipeline(read, "gzip -dc", psql_command(scratch, "--file", "-") + " > /dev/null")
+    result = c.run(command, env=child_env(scratch.child_env()), hide=True, warn=True,
+                   in_stream=False)
+    return None if result.ok else failure(result, scratch)
+
+
+def drop_scratch(c, scratch: Database, action: str) -> None:
+    """Drop the scratch database; if that fails, say so (the next drill drops it)."""
+    dropped = run_sql_with_name(c, scratch.on_database("postgres"),
+                                'drop database if exists :"name" with (force)', scratch.name)
+    if not dropped.ok:
+        print(f"{action}: could not drop the scratch database {scratch.uri}"
+              f" ({failure(dropped, scratch)}); the next drill drops it", file=sys.stderr)
+
+
 # --- the namespace --------------------------------------------------------------------
 
 
@@ -546,5 +802,5 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron):
+              uninstall_cron, verify_backups, restore_drill):
     backup_tasks.add_task(_task)

@@ -107,6 +107,13 @@ def database(env: str) -> Database:
     return parse_database_url(url, variable)
 
 
+def drill_database() -> Database:
+    """The scratch database restore drills use (and drop): never any env's database."""
+    variable = "CARABASE_DRILL_DATABASE_URL"
+    return parse_database_url(os.environ.get(variable) or "postgresql:///carabase_drill",
+                              variable)
+
+
 def parse_database_url(url: str, variable: str) -> Database:
     """Split a libpq URL into a password-free URI and the password. Messages never quote
     the URL itself: it may hold a password."""

@@ -29,7 +29,7 @@ import signal
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -146,6 +146,21 @@ def decrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO) -> int:
     Raises InvalidEnvelope after the last write if the tag does not match: `dst` then
     holds unauthenticated bytes, which the caller must discard (see `decrypt_to`).
     """
+    total = 0
+    for plaintext in decrypted_chunks(key, src):
+        total += len(plaintext)
+        dst.write(plaintext)
+    return total
+
+
+def decrypted_chunks(key: bytes, src: BinaryIO) -> Iterator[bytes]:
+    """The plaintext of the envelope read from `src`, chunk by chunk, in one pass.
+
+    The chunks are NOT authenticated until the generator has finished: it raises
+    InvalidEnvelope at the end when the tag does not match (or earlier, for a malformed
+    header). A caller may look at them (helpers.verify inflates them to check the gzip
+    stream) but must not act on them before the loop is over.
+    """
     header = _read_exactly(src, HEADER_SIZE)
     if not header:
         raise InvalidEnvelope("the file is empty: not a backup")
@@ -160,20 +175,18 @@ def decrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO) -> int:
     held = _read_exactly(src, TAG_SIZE)
     if len(held) < TAG_SIZE:
         raise InvalidEnvelope("the file is truncated: it ends before the authentication tag")
-    total = 0
     while chunk := src.read(CHUNK_SIZE):
         data = held + chunk
         held = data[-TAG_SIZE:]
-        body = data[:-TAG_SIZE]
-        total += len(body)
-        dst.write(decryptor.update(body))
+        yield decryptor.update(data[:-TAG_SIZE])
     try:
-        dst.write(decryptor.finalize_with_tag(held))
+        last = decryptor.finalize_with_tag(held)
     except InvalidTag:
         raise InvalidEnvelope(
             "authentication failed: wrong key, or the file is damaged or truncated"
         ) from None
-    return total
+    if last:
+        yield last
 
 
 def decrypt_to(key: bytes, src: BinaryIO, dst: BinaryIO) -> int:

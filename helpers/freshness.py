@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from helpers import drill as drills
 from helpers import tree
 from helpers.config import env_dir
 
@@ -30,6 +31,7 @@ class Freshness:
     age: timedelta | None = None
     path: Path | None = None
     warning: str | None = None  # what makes it worse than its age alone says
+    drill: dict | None = None  # the last restore drill's record (helpers.drill)
 
     def age_hours(self) -> float | None:
         """The age in hours, rounded down to a tenth, so that the age shown never reaches a
@@ -46,6 +48,8 @@ class Freshness:
         hours = self.age_hours()
         when = "in the future" if hours is None else f"age={hours:.1f}h ago"
         text = f"{head} latest={utc_text(self.latest)} {when}"
+        if self.drill is not None:
+            text += f" drill={self.drill['finished']}"
         warning = self.warning
         if hours is None and warning:  # "in the future" is said already
             warning = warning.replace(IN_THE_FUTURE, "check the clock")
@@ -59,6 +63,7 @@ class Freshness:
             "age_hours": self.age_hours(),
             "path": str(self.path) if self.path else None,
             "warning": self.warning,
+            "drill": self.drill,
         }
 
 
@@ -67,13 +72,16 @@ def utc_text(stamp: datetime) -> str:
 
 
 def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
-                     now: datetime) -> Freshness:
+                     now: datetime, drill: dict | None = None,
+                     drill_unreadable: str | None = None) -> Freshness:
     """Judge env at `now` from its backups: (UTC start, path, size in bytes), oldest first.
 
     Only the last two matter: the newest's age, and its size against the one before it.
+    A last restore drill (its record, or why that cannot be read) that did not pass
+    makes the env at least WARN.
     """
     if not backups:
-        return Freshness(env, "FAIL")
+        return Freshness(env, "FAIL", drill=drill)
     latest, path, size = backups[-1]
     age = now - latest
     status = "PASS" if age < FRESH_FOR else "WARN" if age < STALE_AFTER else "FAIL"
@@ -86,9 +94,14 @@ def assess_freshness(env: str, backups: list[tuple[datetime, Path, int]],
     elif len(backups) > 1 and size * 2 < backups[-2][2]:
         percent = size * 100 // backups[-2][2]
         warnings.append(f"newest backup is {percent}% the size of the one before it")
+    if drill is not None and drill["result"] != "PASS":
+        problems = drill.get("problems") or []
+        warnings.append(f"last drill {drill['result']}" + (f": {problems[0]}" if problems else ""))
+    if drill_unreadable:
+        warnings.append(drill_unreadable)
     if warnings and status == "PASS":
         status = "WARN"
-    return Freshness(env, status, latest, age, path, "; ".join(warnings) or None)
+    return Freshness(env, status, latest, age, path, "; ".join(warnings) or None, drill)
 
 
 def freshness_of(env: str, now: datetime) -> Freshness:
@@ -105,7 +118,11 @@ def freshness_of(env: str, now: datetime) -> Freshness:
                 continue
     except OSError as error:
         return Freshness(env, "FAIL", warning=f"cannot read {env_dir(env)}: {error.strerror}")
-    return assess_freshness(env, sized, now)
+    try:
+        drill, drill_unreadable = drills.last_drill(env), None
+    except ValueError as error:
+        drill, drill_unreadable = None, str(error)
+    return assess_freshness(env, sized, now, drill, drill_unreadable)
 
 
 def worst_status(reports: list[Freshness]) -> str:

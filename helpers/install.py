@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import crypto, launchd, schedule, systemd
-from helpers.config import backup_root, database, env_dir, lock_wait_timeout
+from helpers import crypto, drill, launchd, schedule, systemd
+from helpers.config import backup_root, database, drill_database, env_dir, lock_wait_timeout
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
 
@@ -54,10 +54,11 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def schedule_inputs(env: str, action: str) -> dict:
+def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_SCHEDULE) -> dict:
     """The inputs of the schedule files, checked now so that no schedule is installed
     that would fail every night: a key file that loads, a database URL without a
-    password, pg_dump and invoke where the job will look for them."""
+    password, pg_dump and invoke where the job will look for them. `drill_schedule`
+    (weekly, nightly, off) reaches the job as CARABASE_DRILL."""
     if os.environ.get("HOST_MASTER_KEY") and not os.environ.get("HOST_MASTER_KEY_FILE"):
         raise UserError(
             f"{action}: refusing to write HOST_MASTER_KEY into a schedule file; keep the key"
@@ -92,6 +93,7 @@ def schedule_inputs(env: str, action: str) -> dict:
                     "CARABASE_LOCK_WAIT_TIMEOUT"):
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
+    variables.update(drill_variables(drill_schedule, action))
 
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
@@ -118,8 +120,26 @@ def schedule_inputs(env: str, action: str) -> dict:
     }
 
 
-def schedule_files(env: str, platform: str, action: str) -> list[ScheduleFile]:
-    inputs = schedule_inputs(env, action)
+def drill_variables(drill_schedule: str, action: str) -> dict[str, str]:
+    """CARABASE_DRILL for the job, and the scratch database it drills into if set."""
+    if drill_schedule not in drill.SCHEDULES:
+        raise UserError(f"{action}: --drill must be weekly, nightly or off,"
+                        f" not {drill_schedule!r}")
+    variables = {"CARABASE_DRILL": drill_schedule}
+    scratch = drill_database()
+    if drill_schedule != "off" and os.environ.get(scratch.variable):
+        if scratch.password is not None:
+            raise UserError(
+                f"{action}: {scratch.variable} holds a password, which would be written into"
+                " the schedule file: take it out of the URL and put it in ~/.pgpass"
+                " (chmod 600)")
+        variables[scratch.variable] = os.environ[scratch.variable]
+    return variables
+
+
+def schedule_files(env: str, platform: str, action: str,
+                   drill_schedule: str = drill.DEFAULT_SCHEDULE) -> list[ScheduleFile]:
+    inputs = schedule_inputs(env, action, drill_schedule)
     try:
         if platform == "launchd":
             warn_if_macos_protected(inputs)

@@ -159,6 +159,7 @@ def test_launchd_install_writes_the_plist_0644_and_reloads_the_job(
         "PATH": f"{tools}:/usr/bin:/bin:/usr/sbin:/sbin",
         "CARABASE_BACKUP_DIR": str(backup_dir),
         "HOST_MASTER_KEY_FILE": str(key_file),
+        "CARABASE_DRILL": "weekly",
     }
     uid = os.getuid()
     assert calls_made(calls) == [
@@ -524,3 +525,23 @@ def test_schedule_finds_pigz_where_it_was_found_and_keeps_compressor_settings(
     assert variables["PATH"].split(":")[:2] == [str(tools), str(elsewhere)]
     assert variables["CARABASE_COMPRESSOR"] == "pigz"
     assert variables["CARABASE_COMPRESS_THREADS"] == "2"
+
+
+@pytest.mark.parametrize("args, expected", [((), "weekly"), (("--drill", "nightly"), "nightly"),
+                                            (("--drill", "off"), "off")])
+def test_drill_choice_reaches_the_job_as_carabase_drill(setup, managers, home, args, expected):
+    result = run_invoke("backup.install-cron", "prod", "--platform", "launchd", *args, env=setup)
+    assert result.returncode == 0, result.stderr
+    variables = plistlib.loads((home / PLIST.format(env="prod")).read_bytes())[
+        "EnvironmentVariables"]
+    assert variables["CARABASE_DRILL"] == expected
+    assert f"prod: restore drill {expected}" in result.stdout
+
+
+def test_unknown_drill_choice_is_refused_before_anything_is_written(setup, managers, home):
+    result = run_invoke("backup.install-cron", "prod", "--drill", "daily", env=setup)
+    assert result.returncode == 1
+    assert result.stderr == ("install-cron prod: --drill must be weekly, nightly or off,"
+                             " not 'daily'\n")
+    assert not (home / PLIST.format(env="prod")).exists()
+    assert not (home / UNIT_DIR).exists()

@@ -102,11 +102,12 @@ def test_status_json_is_one_object_with_the_documented_shape(root, capsys):
         assert {"env", "status", "latest", "age_hours", "path"} <= set(env)
     assert report["envs"][0] == {"env": "dev", "status": "PASS",
                                  "latest": "2026-04-09T03:17:12Z", "age_hours": 3.0,
-                                 "path": str(dev), "warning": None}
+                                 "path": str(dev), "warning": None, "drill": None}
     assert report["envs"][1]["status"] == "WARN"
     assert report["envs"][1]["age_hours"] == pytest.approx(58.0)
     assert report["envs"][2] == {"env": "prod", "status": "FAIL", "latest": None,
-                                 "age_hours": None, "path": None, "warning": None}
+                                 "age_hours": None, "path": None, "warning": None,
+                                 "drill": None}
 
 
 def test_status_json_exits_0_with_status_pass_when_all_pass(root, capsys):
@@ -185,3 +186,33 @@ def test_status_says_an_env_dir_is_a_file_and_judges_the_others(root, capsys):
     assert capsys.readouterr().out.splitlines()[1] == (
         f"[staging] FAIL {root / 'staging'} is not a directory"
         " (move it aside: staging's backups go there)")
+
+
+def test_status_shows_the_last_drill_and_a_failed_one_warns(root, capsys):
+    from helpers import drill
+    for env in ENVS:
+        write_backup(root / env, LATEST)
+    finished = LATEST + 0.5 * HOUR
+    drill.record("dev", drill.Proof("PASS", 3, 10), root / "dev" / "x", finished, 1.0)
+    drill.record("prod", drill.Proof("FAIL", problems=["the restore failed: boom"]),
+                 root / "prod" / "x", finished, None)
+    assert run_status(LATEST + HOUR) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("[dev    ] PASS latest=2026-04-09T03:17:12Z age=1.0h ago"
+                        " drill=2026-04-09T03:47:12Z")
+    assert lines[1] == "[staging] PASS latest=2026-04-09T03:17:12Z age=1.0h ago"
+    assert lines[2] == ("[prod   ] WARN latest=2026-04-09T03:17:12Z age=1.0h ago"
+                        " drill=2026-04-09T03:47:12Z (last drill FAIL: the restore failed: boom)")
+    assert run_status(LATEST + HOUR, "--json") == 1
+    envs = json.loads(capsys.readouterr().out)["envs"]
+    assert envs[0]["drill"]["result"] == "PASS" and envs[0]["drill"]["rows"] == 10
+    assert envs[1]["drill"] is None
+    assert envs[2]["drill"]["problems"] == ["the restore failed: boom"]
+
+
+def test_status_warns_about_a_drill_record_it_cannot_read(root, capsys):
+    write_backup(root / "dev", LATEST)
+    (root / "dev" / ".drill.json").write_text("{not json")
+    run_status(LATEST + HOUR)
+    assert capsys.readouterr().out.splitlines()[0].startswith(
+        "[dev    ] WARN latest=2026-04-09T03:17:12Z age=1.0h ago (cannot read ")

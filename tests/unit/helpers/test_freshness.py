@@ -61,14 +61,15 @@ def test_env_without_backups_fails():
     assert report.status == "FAIL"
     assert report.line() == "[prod   ] FAIL no backups"
     assert report.as_json() == {"env": "prod", "status": "FAIL", "latest": None,
-                                "age_hours": None, "path": None, "warning": None}
+                                "age_hours": None, "path": None, "warning": None,
+                                "drill": None}
 
 
 def test_json_of_a_backup_gives_time_age_in_hours_and_path():
     report = assess(timedelta(hours=7, minutes=12))
     assert report.as_json() == {"env": "dev", "status": "PASS",
                                 "latest": "2026-04-09T03:17:12Z", "age_hours": 7.2,
-                                "path": str(PATH), "warning": None}
+                                "path": str(PATH), "warning": None, "drill": None}
 
 
 @pytest.mark.parametrize("size", [0, 29, 1023])
@@ -147,3 +148,40 @@ def test_worst_status_orders_fail_over_warn_over_pass():
     assert freshness.worst_status(reports("PASS", "WARN", "PASS")) == "WARN"
     assert freshness.worst_status(reports("WARN", "FAIL", "PASS")) == "FAIL"
     assert freshness.worst_status(reports("FAIL", "WARN", "WARN")) == "FAIL"
+
+
+# --- the last restore drill ---------------------------------------------------------------
+
+DRILL = {"schema": 1, "result": "PASS", "file": str(PATH), "finished": "2026-04-09T03:25:40Z",
+         "seconds": 12.3, "tables": 42, "rows": 1234567, "problems": []}
+
+
+def test_passed_drill_adds_its_stamp_and_keeps_pass():
+    report = freshness.assess_freshness("dev", [(LATEST, PATH, 50_000)], LATEST + HOUR, DRILL)
+    assert report.status == "PASS"
+    assert report.line() == ("[dev    ] PASS latest=2026-04-09T03:17:12Z age=1.0h ago"
+                             " drill=2026-04-09T03:25:40Z")
+    assert report.as_json()["drill"] == DRILL
+
+
+@pytest.mark.parametrize("result", ["WARN", "FAIL"])
+def test_failed_drill_turns_pass_into_warn_and_says_why(result):
+    drill = {**DRILL, "result": result, "problems": ["1 tables of the live database missing"
+                                                     " from the backup: public.orders"]}
+    report = freshness.assess_freshness("dev", [(LATEST, PATH, 50_000)], LATEST + HOUR, drill)
+    assert report.status == "WARN"
+    assert report.line().endswith(f"drill=2026-04-09T03:25:40Z (last drill {result}: 1 tables"
+                                  " of the live database missing from the backup: public.orders)")
+
+
+def test_failed_drill_keeps_fail_as_it_is():
+    drill = {**DRILL, "result": "FAIL"}
+    report = freshness.assess_freshness("dev", [(LATEST, PATH, 50_000)], LATEST + 80 * HOUR,
+                                        drill)
+    assert report.status == "FAIL"
+
+
+def test_unreadable_drill_record_warns():
+    report = freshness.assess_freshness("dev", [(LATEST, PATH, 50_000)], LATEST + HOUR,
+                                        drill_unreadable="cannot read .drill.json: bad")
+    assert (report.status, report.warning) == ("WARN", "cannot read .drill.json: bad")

@@ -91,3 +91,27 @@ def test_lock_wait_timeout_that_would_fail_every_night_is_refused_now(monkeypatc
 
     with pytest.raises(UserError, match="CARABASE_LOCK_WAIT_TIMEOUT must be a whole number"):
         install.schedule_inputs("prod", "install-cron prod")
+
+
+# --- the restore drill's schedule ---------------------------------------------------------
+
+
+def test_drill_schedule_reaches_the_job_as_carabase_drill(monkeypatch):
+    monkeypatch.delenv("CARABASE_DRILL_DATABASE_URL", raising=False)
+    assert install.drill_variables("weekly", "install-cron dev") == {"CARABASE_DRILL": "weekly"}
+    assert install.drill_variables("off", "install-cron dev") == {"CARABASE_DRILL": "off"}
+
+
+def test_drill_scratch_url_is_carried_unless_it_holds_a_password(monkeypatch):
+    monkeypatch.setenv("CARABASE_DRILL_DATABASE_URL", "postgresql://me@db/scratch")
+    assert install.drill_variables("nightly", "install-cron dev") == {
+        "CARABASE_DRILL": "nightly", "CARABASE_DRILL_DATABASE_URL": "postgresql://me@db/scratch"}
+    monkeypatch.setenv("CARABASE_DRILL_DATABASE_URL", "postgresql://me:s3cret@db/scratch")
+    with pytest.raises(UserError, match="holds a password") as error:
+        install.drill_variables("weekly", "install-cron dev")
+    assert "s3cret" not in str(error.value)
+
+
+def test_unknown_drill_schedule_is_refused():
+    with pytest.raises(UserError, match="--drill must be weekly, nightly or off, not 'daily'"):
+        install.drill_variables("daily", "install-cron dev")
