@@ -4,15 +4,16 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
-    invoke backup.install-cron prod            nightly backup + prune at 03:17
+    invoke backup.nightly prod                 what the schedule runs: backup, prune, pings
+    invoke backup.install-cron prod            run backup.nightly prod at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
 This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/pigz,
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd). Sections: composing commands, backup, restore, prune and status, schedule,
-the namespace. See README.md.
+systemd), the nightly job's pings and log (notify, cronlog). Sections: composing
+commands, backup, restore, prune and status, schedule, nightly, the namespace. See README.md.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import invoke
 from invoke import Collection, Exit
 
-from helpers import freshness, install, launchd, progress, retention, schedule, systemd
+from helpers import (cronlog, freshness, install, launchd, notify, progress, retention, schedule,
+                     systemd)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_program,
                             database, env_dir, require_key, user_path)
 from helpers.errors import UserError
@@ -446,7 +449,7 @@ def load_systemd(c, env: str, action: str) -> None:
     }
 )
 def install_cron(c, env, platform=None, dry_run=False):
-    """Run backup.<env> then backup.prune <env> every night at 03:17 local time."""
+    """Run backup.nightly <env> (backup, then prune) every night at 03:17 local time."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
     files = install.schedule_files(env, platform, action)
@@ -472,7 +475,7 @@ def install_cron(c, env, platform=None, dry_run=False):
         load_launchd(c, env, files[0].path, action)
     else:
         load_systemd(c, env, action)
-    print(f"{env}: backup then prune every night at"
+    print(f"{env}: backup.nightly {env} every night at"
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
 
 
@@ -525,6 +528,72 @@ def uninstall_cron(c, env, platform=None, dry_run=False):
     print(f"{env}: nightly schedule removed; the backups and {install.schedule_log(env)} stay")
 
 
+# --- nightly --------------------------------------------------------------------------
+
+
+def nightly_steps(c, env: str) -> list[tuple[str, Callable[[], object] | None]]:
+    """What `nightly` runs, in order; a step that is None is skipped (not built yet)."""
+    return [
+        ("backup", lambda: run_backup(c, env)),
+        # Hook (issue 12): the off-site copy, when CARABASE_OFFSITE is set, e.g.
+        #   (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None
+        ("off-site copy", None),
+        ("prune", lambda: prune(c, env)),
+        # Hook (issue 13): the restore drill, only on the nights one is due.
+        ("drill", None),
+    ]
+
+
+def notify_setup(env: str) -> str | None:
+    """The check URL, or None; a bad setting is reported and only costs the pings."""
+    try:
+        return notify.notify_url()
+    except UserError as error:
+        print(f"nightly {env}: not notifying: {error.message}", file=sys.stderr)
+        return None
+
+
+def send_ping(env: str, url: str | None, signal: str, body: str = "") -> None:
+    if url is not None:
+        problem = notify.ping(url, signal, body)
+        if problem:  # logged, and the night's result stays what it is
+            print(f"nightly {env}: {problem}", file=sys.stderr)
+
+
+@task(help={"env": "dev, staging or prod"})
+def nightly(c, env):
+    """What the schedule runs: backup, off-site copy, prune, drill when due; stops at the
+    first failure; pings CARABASE_NOTIFY_URL (start, success or fail); rotates cron.log."""
+    check_env(env)
+    log = install.schedule_log(env)
+    try:  # before printing anything, so that this night starts the new log
+        rotated = cronlog.rotate(log)
+    except OSError as error:
+        rotated = False
+        print(f"nightly {env}: cannot rotate {log}: {error.strerror or error}", file=sys.stderr)
+    with cronlog.teeing(cronlog.OutputTail()) as tail:
+        started = time.monotonic()
+        print(f"nightly {env}: started {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+        if rotated:
+            print(f"nightly {env}: {log} passed 1 MiB, kept as {cronlog.old_log(log).name}")
+        url = notify_setup(env)
+        send_ping(env, url, "start")
+        for name, step in nightly_steps(c, env):
+            if step is None:
+                continue
+            try:
+                step()
+            except (UserError, Exit) as error:
+                # The step's own one line; the steps after it do not run.
+                code = error.code or 1
+                print(error.message or f"nightly {env}: {name} failed (exit status {code})",
+                      file=sys.stderr)
+                send_ping(env, url, "fail", tail.text())
+                raise Exit(code=code) from None
+        print(f"nightly {env}: done in {time.monotonic() - started:.1f}s")
+        send_ping(env, url, "success", tail.text())
+
+
 # --- the namespace --------------------------------------------------------------------
 
 
@@ -532,5 +601,5 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron):
+              uninstall_cron, nightly):
     backup_tasks.add_task(_task)
