@@ -567,15 +567,14 @@ def nightly(c, env):
     check_env(env)
     log = install.schedule_log(env)
     try:  # before printing anything, so that this night starts the new log
-        rotated = cronlog.rotate(log)
-    except OSError as error:
-        rotated = False
-        print(f"nightly {env}: cannot rotate {log}: {error.strerror or error}", file=sys.stderr)
+        rotated = cronlog.rotate(log) and f"{log} passed 1 MiB, kept as {log.name}.1"
+    except OSError as error:  # the night matters more than its log
+        rotated = f"cannot rotate {log}: {error.strerror or error}"
     with cronlog.teeing(cronlog.OutputTail()) as tail:
         started = time.monotonic()
         print(f"nightly {env}: started {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
         if rotated:
-            print(f"nightly {env}: {log} passed 1 MiB, kept as {cronlog.old_log(log).name}")
+            print(f"nightly {env}: {rotated}")
         url = notify_setup(env)
         send_ping(env, url, "start")
         for name, step in nightly_steps(c, env):
@@ -590,6 +589,11 @@ def nightly(c, env):
                       file=sys.stderr)
                 send_ping(env, url, "fail", tail.text())
                 raise Exit(code=code) from None
+            except Exception as error:  # a bug: still say so to the monitor, then show it
+                print(f"nightly {env}: {name} stopped by an unexpected error:"
+                      f" {type(error).__name__}: {error}", file=sys.stderr)
+                send_ping(env, url, "fail", tail.text())
+                raise
         print(f"nightly {env}: done in {time.monotonic() - started:.1f}s")
         send_ping(env, url, "success", tail.text())
 
