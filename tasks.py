@@ -6,16 +6,18 @@
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
     invoke backup.verify prod [--all]          authenticate + gzip-check backups, no plaintext
     invoke backup.drill prod [--file FILE]     restore into a scratch database, prove, drop
-    invoke backup.install-cron prod            nightly backup + prune at 03:17
+    invoke backup.nightly prod                 what the schedule runs: backup, prune, drill, pings
+    invoke backup.install-cron prod            run backup.nightly prod at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
 This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/pigz,
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd), verifying (verify), the drill's dump counts and judgement (dumpscan, drill).
-Sections: composing commands, backup, restore, prune and status, schedule, verify and
-drill, the namespace. See README.md.
+systemd), verifying (verify), the drill's dump counts and judgement (dumpscan, drill),
+the nightly job's pings and log (notify, cronlog). Sections: composing commands, backup,
+restore, prune and status, schedule, verify and drill, nightly, the namespace. See
+README.md.
 """
 from __future__ import annotations
 
@@ -26,14 +28,15 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import invoke
 from invoke import Collection, Exit
 
-from helpers import (drill, dumpscan, freshness, install, launchd, progress, retention,
-                     schedule, systemd, verify)
+from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, progress,
+                     retention, schedule, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
@@ -466,7 +469,7 @@ def load_systemd(c, env: str, action: str) -> None:
     }
 )
 def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHEDULE):
-    """Run backup.<env> then backup.prune <env> every night at 03:17 local time."""
+    """Run backup.nightly <env> (backup, prune, drill when due) every night at 03:17."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
     files = install.schedule_files(env, platform, action, drill)
@@ -492,7 +495,7 @@ def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHED
         load_launchd(c, env, files[0].path, action)
     else:
         load_systemd(c, env, action)
-    print(f"{env}: backup then prune every night at"
+    print(f"{env}: backup.nightly {env} every night at"
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
     print(f"{env}: restore drill {drill}" + (" (Sundays, after the backup)"
                                             if drill == "weekly" else ""))
@@ -795,6 +798,84 @@ def drop_scratch(c, scratch: Database, action: str) -> None:
               f" ({failure(dropped, scratch)}); the next drill drops it", file=sys.stderr)
 
 
+# --- nightly --------------------------------------------------------------------------
+
+
+def nightly_steps(c, env: str) -> list[tuple[str, Callable[[], object] | None]]:
+    """What `nightly` runs, in order; a step that is None is skipped tonight."""
+    return [
+        ("backup", lambda: run_backup(c, env)),
+        # Hook (issue 12): the off-site copy, when CARABASE_OFFSITE is set, e.g.
+        #   (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None
+        ("off-site copy", None),
+        ("prune", lambda: prune(c, env)),
+        ("drill", lambda: drill_if_due(c, env)),
+    ]
+
+
+def drill_if_due(c, env: str) -> None:
+    """The restore drill on the nights CARABASE_DRILL makes it due (helpers.drill.is_due)."""
+    if drill.drill_due(env, os.environ, datetime.now().astimezone()):
+        restore_drill(c, env)
+    else:
+        print(f"nightly {env}: no drill tonight (CARABASE_DRILL="
+              f"{drill.drill_schedule(os.environ)})")
+
+
+def notify_setup(env: str) -> str | None:
+    """The check URL, or None; a bad setting is reported and only costs the pings."""
+    try:
+        return notify.notify_url()
+    except UserError as error:
+        print(f"nightly {env}: not notifying: {error.message}", file=sys.stderr)
+        return None
+
+
+def send_ping(env: str, url: str | None, signal: str, body: str = "") -> None:
+    if url is not None:
+        problem = notify.ping(url, signal, body)
+        if problem:  # logged, and the night's result stays what it is
+            print(f"nightly {env}: {problem}", file=sys.stderr)
+
+
+@task(help={"env": "dev, staging or prod"})
+def nightly(c, env):
+    """What the schedule runs: backup, off-site copy, prune, drill when due; stops at the
+    first failure; pings CARABASE_NOTIFY_URL (start, success or fail); rotates cron.log."""
+    check_env(env)
+    log = install.schedule_log(env)
+    try:  # before printing anything, so that this night starts the new log
+        rotated = cronlog.rotate(log) and f"{log} passed 1 MiB, kept as {log.name}.1"
+    except OSError as error:  # the night matters more than its log
+        rotated = f"cannot rotate {log}: {error.strerror or error}"
+    with cronlog.teeing(cronlog.OutputTail()) as tail:
+        started = time.monotonic()
+        print(f"nightly {env}: started {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+        if rotated:
+            print(f"nightly {env}: {rotated}")
+        url = notify_setup(env)
+        send_ping(env, url, "start")
+        for name, step in nightly_steps(c, env):
+            if step is None:
+                continue
+            try:
+                step()
+            except (UserError, Exit) as error:
+                # The step's own one line; the steps after it do not run.
+                code = error.code or 1
+                print(error.message or f"nightly {env}: {name} failed (exit status {code})",
+                      file=sys.stderr)
+                send_ping(env, url, "fail", tail.text())
+                raise Exit(code=code) from None
+            except Exception as error:  # a bug: still say so to the monitor, then show it
+                print(f"nightly {env}: {name} stopped by an unexpected error:"
+                      f" {type(error).__name__}: {error}", file=sys.stderr)
+                send_ping(env, url, "fail", tail.text())
+                raise
+        print(f"nightly {env}: done in {time.monotonic() - started:.1f}s")
+        send_ping(env, url, "success", tail.text())
+
+
 # --- the namespace --------------------------------------------------------------------
 
 
@@ -802,5 +883,5 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron, verify_backups, restore_drill):
+              uninstall_cron, verify_backups, restore_drill, nightly):
     backup_tasks.add_task(_task)

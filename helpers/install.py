@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import crypto, drill, launchd, schedule, systemd
+from helpers import crypto, drill, launchd, notify, schedule, systemd
 from helpers.config import backup_root, database, drill_database, env_dir, lock_wait_timeout
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
@@ -73,6 +73,7 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
         raise UserError(f"{action}: refusing to install a schedule that would fail: {error}") \
             from None
     key_file = os.path.abspath(crypto.key_file_path(os.environ["HOST_MASTER_KEY_FILE"]))
+    notify_file = notify_url_file(action)
 
     db = database(env)
     if db.password is not None:
@@ -88,6 +89,8 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
     if os.environ.get(db.variable):
         variables[db.variable] = os.environ[db.variable]
     variables["HOST_MASTER_KEY_FILE"] = key_file
+    if notify_file is not None:
+        variables["CARABASE_NOTIFY_URL_FILE"] = notify_file
     lock_wait_timeout()  # a bad value is refused now, rather than failing every night
     for setting in ("CARABASE_COMPRESSION", "CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS",
                     "CARABASE_LOCK_WAIT_TIMEOUT"):
@@ -118,6 +121,26 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
                                     for tool in (pg_dump, shutil.which("pigz")) if tool)),
         "variables": variables,
     }
+
+
+def notify_url_file(action: str) -> str | None:
+    """The absolute path of the notify URL's file for the job, None without pings. The
+    URL is a secret like the key: a schedule carries the file, never the URL."""
+    if os.environ.get("CARABASE_NOTIFY_URL") and not os.environ.get("CARABASE_NOTIFY_URL_FILE"):
+        raise UserError(
+            f"{action}: refusing to write CARABASE_NOTIFY_URL into a schedule file; keep it"
+            " in a 0600 file instead: mkdir -p ~/.carabase && (umask 077; printenv"
+            " CARABASE_NOTIFY_URL > ~/.carabase/notify.url), then export"
+            " CARABASE_NOTIFY_URL_FILE=~/.carabase/notify.url, unset CARABASE_NOTIFY_URL"
+            " and run this again"
+        )
+    try:
+        if notify.notify_url(os.environ) is None:
+            return None
+    except UserError as error:
+        raise UserError(f"{action}: refusing to install a schedule that could not ping:"
+                        f" {error.message}") from None
+    return os.path.abspath(os.path.expanduser(os.environ["CARABASE_NOTIFY_URL_FILE"]))
 
 
 def drill_variables(drill_schedule: str, action: str) -> dict[str, str]:
@@ -187,7 +210,9 @@ def prepare_log(env: str, action: str) -> Path:
 
 def warn_if_macos_protected(inputs: dict) -> None:
     home = Path.home()
-    paths = [inputs["repo"], inputs["backup_dir"], inputs["variables"]["HOST_MASTER_KEY_FILE"]]
+    variables = inputs["variables"]
+    paths = [inputs["repo"], inputs["backup_dir"], variables["HOST_MASTER_KEY_FILE"],
+             *filter(None, [variables.get("CARABASE_NOTIFY_URL_FILE")])]
     for path in paths:
         for folder in MACOS_PROTECTED:
             if Path(path).is_relative_to(home / folder):

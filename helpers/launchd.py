@@ -32,6 +32,7 @@ EXAMPLE = {
     "variables": {
         "CARABASE_PROD_DATABASE_URL": "postgresql://carabase@localhost:5432/carabase_prod",
         "HOST_MASTER_KEY_FILE": "/Users/you/.carabase/master.key",
+        "CARABASE_NOTIFY_URL_FILE": "/Users/you/.carabase/notify.url",
     },
 }
 
@@ -57,10 +58,10 @@ def render_plist(
     path: str,
     variables: Mapping[str, str],
 ) -> bytes:
-    """The LaunchAgent running backup.<env> then backup.prune <env> at 03:17 local time.
+    """The LaunchAgent running `backup.nightly <env>` at 03:17 local time.
 
     `path` is the job's PATH (see schedule.job_path); `variables` are further environment
-    variables (HOST_MASTER_KEY_FILE, the env's database URL). Raises
+    variables (HOST_MASTER_KEY_FILE, the env's database URL, ...). Raises
     schedule.UnsafeSchedule if any input is a secret or a relative path.
     """
     schedule.require_absolute("the log file", log_path)

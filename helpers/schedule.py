@@ -1,8 +1,9 @@
 """What every nightly schedule shares, whatever runs it (launchd or systemd).
 
-The scheduled job is one invoke call, `backup.<env>` then `backup.prune <env>`: invoke
-runs the tasks in order and stops at the first that fails, so prune never runs after a
-failed backup. Its environment names the key by file and never holds a secret.
+The scheduled job is one invoke call, `backup.nightly <env>`: backup, then prune (and
+the steps tasks.nightly_steps lists), stopping at the first that fails, so prune never
+runs after a failed backup. Its environment names the key and the notify URL by file and
+never holds a secret.
 
 Pure: every input is an argument. `launchd.py` and `systemd.py` render from these.
 """
@@ -19,8 +20,8 @@ MINUTE = 17
 # Where the job finds gzip, bash and friends; pg_dump's own directory goes first.
 SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
-# Never written into a schedule file: the key itself, a database password.
-SECRET_VARIABLES = frozenset({"HOST_MASTER_KEY", "PGPASSWORD"})
+# Never written into a schedule file: the key itself, a database password, the check URL.
+SECRET_VARIABLES = frozenset({"HOST_MASTER_KEY", "PGPASSWORD", "CARABASE_NOTIFY_URL"})
 _CONNINFO_PASSWORD = re.compile(r"(^|\s)password\s*=", re.IGNORECASE)
 
 
@@ -29,10 +30,11 @@ class UnsafeSchedule(ValueError):
 
 
 def command(invoke: str, repo: str, env: str) -> list[str]:
-    """The scheduled command line: backup, then prune only if the backup succeeded."""
+    """The scheduled command line: `backup.nightly <env>` (backup, then prune only if the
+    backup succeeded)."""
     require_absolute("the invoke program", invoke)
     require_absolute("the repository", repo)
-    return [invoke, "--search-root", repo, f"backup.{env}", "backup.prune", env]
+    return [invoke, "--search-root", repo, "backup.nightly", env]
 
 
 def job_path(*tool_dirs: str) -> str:
@@ -51,8 +53,8 @@ def job_path(*tool_dirs: str) -> str:
 
 def environment(*, path: str, backup_dir: str, variables: Mapping[str, str]) -> dict[str, str]:
     """The job's environment: PATH, CARABASE_BACKUP_DIR, then `variables` (such as
-    HOST_MASTER_KEY_FILE and the env's database URL). Raises UnsafeSchedule if any of it
-    is a secret or a relative path."""
+    HOST_MASTER_KEY_FILE, CARABASE_NOTIFY_URL_FILE and the env's database URL). Raises
+    UnsafeSchedule if any of it is a secret or a relative path."""
     require_absolute("CARABASE_BACKUP_DIR", backup_dir)
     merged = {"PATH": path, "CARABASE_BACKUP_DIR": backup_dir, **variables}
     check_no_secret(merged)
@@ -61,14 +63,15 @@ def environment(*, path: str, backup_dir: str, variables: Mapping[str, str]) -> 
             raise UnsafeSchedule(f"not an environment variable name: {name!r}")
         if _has_control_character(value):
             raise UnsafeSchedule(f"{name} contains a control character")
-    key_file = merged.get("HOST_MASTER_KEY_FILE")
-    if key_file is not None:
-        require_absolute("HOST_MASTER_KEY_FILE", key_file)
+    for file_variable in ("HOST_MASTER_KEY_FILE", "CARABASE_NOTIFY_URL_FILE"):
+        if merged.get(file_variable) is not None:
+            require_absolute(file_variable, merged[file_variable])
     return merged
 
 
 def check_no_secret(variables: Mapping[str, str]) -> None:
-    """Refuse the key and any database password: schedule files are not secret."""
+    """Refuse the key, the check URL and any database password: schedule files are not
+    secret."""
     for name, value in variables.items():
         if name in SECRET_VARIABLES:
             raise UnsafeSchedule(f"{name} is a secret and is never written into a schedule")

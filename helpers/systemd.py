@@ -49,8 +49,8 @@ def render_units(
     path: str,
     variables: Mapping[str, str],
 ) -> dict[str, str]:
-    """{file name: text} for the service (backup.<env> then backup.prune <env>) and the
-    timer that starts it nightly. Same inputs as launchd.render_plist."""
+    """{file name: text} for the service (`backup.nightly <env>`) and the timer that
+    starts it nightly. Same inputs as launchd.render_plist."""
     schedule.require_absolute("the log file", log_path)
     service, timer = unit_name(env, "service"), unit_name(env, "timer")
     command = schedule.command(invoke, repo, env)

@@ -81,6 +81,7 @@ def test_status_json_prints_one_object_for_a_health_endpoint(environ, backup_dir
     result = run_invoke("backup.status", "--json", env=environ)
     assert result.returncode == 2, result.stderr
     report = json.loads(result.stdout)
+    assert report["schema"] == 1
     assert report["status"] == "FAIL"
     dev_report, staging_report, prod_report = report["envs"]
     assert dev_report["env"] == "dev" and dev_report["status"] == "PASS"

@@ -149,7 +149,7 @@ def test_launchd_install_writes_the_plist_0644_and_reloads_the_job(
     job = plistlib.loads(plist.read_bytes())
     assert job["Label"] == "com.carabase.backup.prod"
     assert job["ProgramArguments"] == [
-        os.path.abspath(INVOKE), "--search-root", str(REPO), "backup.prod", "backup.prune", "prod",
+        os.path.abspath(INVOKE), "--search-root", str(REPO), "backup.nightly", "prod",
     ]
     assert job["StartCalendarInterval"] == {"Hour": 3, "Minute": 17}
     log = str(backup_dir / "prod" / "cron.log")
@@ -229,7 +229,7 @@ def test_systemd_install_writes_both_units_0644_and_enables_the_timer(
     for unit in unit_dir.iterdir():
         assert mode_of(unit) == 0o644
     service = (unit_dir / "carabase-backup-prod.service").read_text()
-    assert f"ExecStart={INVOKE} --search-root {REPO} backup.prod backup.prune prod\n" in service
+    assert f"ExecStart={INVOKE} --search-root {REPO} backup.nightly prod\n" in service
     assert f"StandardOutput=append:{backup_dir / 'prod' / 'cron.log'}\n" in service
     assert f'Environment="HOST_MASTER_KEY_FILE={key_file}"\n' in service
     assert "OnCalendar=*-*-* 03:17:00\n" in (unit_dir / "carabase-backup-prod.timer").read_text()
@@ -427,6 +427,56 @@ def test_no_secret_reaches_any_written_file_or_the_output(
     assert "will not see PGPASSWORD" in outputs
 
 
+NOTIFY_URL = "https://hc-ping.example/6f1e0a52-secret-check-4d2b"
+
+
+@pytest.mark.parametrize("platform", ["launchd", "systemd"])
+def test_inline_notify_url_only_is_refused_with_how_to_make_a_file_and_not_shown(
+        platform, setup, home, backup_dir):
+    result = run_invoke("backup.install-cron", "prod", "--platform", platform,
+                        env={**setup, "CARABASE_NOTIFY_URL": NOTIFY_URL})
+    assert_refused_and_nothing_written(
+        result, home, backup_dir, "refusing to write CARABASE_NOTIFY_URL", "umask 077",
+        "CARABASE_NOTIFY_URL_FILE=",
+    )
+    assert NOTIFY_URL not in result.stdout + result.stderr
+
+
+def test_group_readable_notify_url_file_is_refused(setup, tmp_path, home, backup_dir):
+    url_file = tmp_path / "notify.url"
+    url_file.write_text(NOTIFY_URL + "\n")
+    url_file.chmod(0o644)
+    result = run_invoke("backup.install-cron", "prod", "--platform", "systemd",
+                        env={**setup, "CARABASE_NOTIFY_URL_FILE": str(url_file)})
+    assert_refused_and_nothing_written(result, home, backup_dir, "readable by others",
+                                       f"chmod 600 {url_file}")
+    assert NOTIFY_URL not in result.stdout + result.stderr
+
+
+def test_notify_url_file_goes_into_the_schedule_by_path_and_the_url_nowhere(
+        setup, managers, tmp_path, home, backup_dir):
+    url_file = tmp_path / "secrets" / "notify.url"
+    url_file.write_text(NOTIFY_URL + "\n")
+    url_file.chmod(0o600)
+    environ = {**setup, "CARABASE_NOTIFY_URL_FILE": "~/../secrets/notify.url"}
+    outputs = ""
+    for platform in ("launchd", "systemd"):
+        for extra in (["--dry-run"], []):
+            result = run_invoke("backup.install-cron", "prod", "--platform", platform, *extra,
+                                env=environ)
+            assert result.returncode == 0, result.stderr
+            outputs += result.stdout + result.stderr
+    job = plistlib.loads((home / PLIST.format(env="prod")).read_bytes())
+    assert job["EnvironmentVariables"]["CARABASE_NOTIFY_URL_FILE"] == str(url_file)
+    service = (home / UNIT_DIR / "carabase-backup-prod.service").read_text()
+    assert f'Environment="CARABASE_NOTIFY_URL_FILE={url_file}"\n' in service
+    written = [path for path in [*home.rglob("*"), *backup_dir.rglob("*")] if path.is_file()]
+    assert len(written) == 4  # plist, service, timer, cron.log
+    for path in written:
+        assert b"hc-ping.example" not in path.read_bytes(), path
+    assert "hc-ping.example" not in outputs
+
+
 def test_relative_key_file_is_written_as_an_absolute_path(setup, managers, key_file, home):
     environ = {**setup, "HOST_MASTER_KEY_FILE": os.path.join("secrets", key_file.name)}
     result = run_invoke("backup.install-cron", "prod", "--platform", "launchd", env=environ,
@@ -436,45 +486,7 @@ def test_relative_key_file_is_written_as_an_absolute_path(setup, managers, key_f
     assert job["EnvironmentVariables"]["HOST_MASTER_KEY_FILE"] == str(key_file)
 
 
-# --- backup, then prune only after a successful backup ------------------------------------
-
-
-FAKE_TASKS = '''\
-from pathlib import Path
-from invoke import Collection, Exit, task
-
-@task(name="dev")
-def backup_dev(c):
-    if Path("backup-fails").exists():
-        raise Exit("backup dev: failed")
-
-@task
-def prune(c, env):
-    Path(f"pruned-{env}").touch()
-
-ns = Collection()
-backup = Collection("backup")
-backup.add_task(backup_dev)
-backup.add_task(prune)
-ns.add_collection(backup)
-'''
-
-
-@pytest.mark.parametrize("backup_fails, pruned", [(False, True), (True, False)])
-def test_scheduled_invoke_call_runs_prune_only_after_a_successful_backup(
-        backup_fails, pruned, tmp_path):
-    from helpers import schedule
-
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "tasks.py").write_text(FAKE_TASKS)
-    if backup_fails:
-        (repo / "backup-fails").touch()
-    argv = schedule.command(os.path.abspath(INVOKE), str(repo), "dev")
-    result = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=60,
-                            check=False)
-    assert (result.returncode == 0) is not backup_fails, result.stderr
-    assert (repo / "pruned-dev").exists() is pruned
+# --- the installed job: prune only after a successful backup ------------------------------
 
 
 def seed_old_backups(backup_dir: Path) -> list[Path]:

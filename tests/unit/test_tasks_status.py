@@ -110,6 +110,30 @@ def test_status_json_is_one_object_with_the_documented_shape(root, capsys):
                                  "drill": None}
 
 
+def test_status_json_schema_1_has_exactly_the_documented_fields_and_types(root, capsys):
+    """The desktop and health endpoints read these: README's Status section documents
+    every one. A field added, renamed or retyped must show up here (and in the README)."""
+    write_backup(root / "dev", LATEST)
+    write_backup(root / "staging", LATEST, size=100)  # a warning
+    assert run_status(LATEST + HOUR, "--json") == 2
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == ["schema", "status", "envs"]
+    assert report["schema"] == 1
+    assert report["status"] in ("PASS", "WARN", "FAIL")
+    assert isinstance(report["envs"], list)
+    fields = {"env": str, "status": str, "latest": (str, type(None)),
+              "age_hours": (float, type(None)), "path": (str, type(None)),
+              "warning": (str, type(None)), "drill": (dict, type(None))}
+    for env in report["envs"]:
+        assert list(env) == list(fields)
+        for name, kinds in fields.items():
+            assert isinstance(env[name], kinds), (name, env[name])
+    dev, staging, prod = report["envs"]
+    assert isinstance(dev["age_hours"], float) and dev["warning"] is None
+    assert staging["status"] == "WARN" and "under 1 KiB" in staging["warning"]
+    assert prod["latest"] is prod["age_hours"] is prod["path"] is None
+
+
 def test_status_json_exits_0_with_status_pass_when_all_pass(root, capsys):
     for env in ENVS:
         write_backup(root / env, LATEST)

@@ -31,6 +31,43 @@ def test_schedule_without_a_key_file_is_refused_before_anything_is_written(monke
         install.schedule_inputs("prod", "install-cron prod")
 
 
+def test_schedule_with_only_an_inline_notify_url_is_refused_with_how_to_make_a_file(
+        monkeypatch):
+    url = "https://hc-ping.example/0f6d3c1e-secret"
+    monkeypatch.delenv("CARABASE_NOTIFY_URL_FILE", raising=False)
+    monkeypatch.setenv("CARABASE_NOTIFY_URL", url)
+    with pytest.raises(UserError, match="refusing to write CARABASE_NOTIFY_URL into a") as raised:
+        install.notify_url_file("install-cron prod")
+    assert "CARABASE_NOTIFY_URL_FILE=~/.carabase/notify.url" in raised.value.message
+    assert url not in raised.value.message
+
+
+def test_schedule_carries_the_notify_url_file_as_an_absolute_path(monkeypatch, tmp_path):
+    path = tmp_path / "notify.url"
+    path.write_text("https://hc-ping.example/0f6d3c1e\n")
+    path.chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CARABASE_NOTIFY_URL", raising=False)
+    monkeypatch.setenv("CARABASE_NOTIFY_URL_FILE", "notify.url")
+    assert install.notify_url_file("install-cron prod") == str(path)
+
+
+def test_schedule_whose_notify_url_file_is_group_readable_is_refused(monkeypatch, tmp_path):
+    path = tmp_path / "notify.url"
+    path.write_text("https://hc-ping.example/0f6d3c1e\n")
+    path.chmod(0o640)
+    monkeypatch.delenv("CARABASE_NOTIFY_URL", raising=False)
+    monkeypatch.setenv("CARABASE_NOTIFY_URL_FILE", str(path))
+    with pytest.raises(UserError, match=f"could not ping: .*readable by others.*chmod 600 {path}"):
+        install.notify_url_file("install-cron prod")
+
+
+def test_schedule_without_a_notify_url_carries_none(monkeypatch):
+    monkeypatch.delenv("CARABASE_NOTIFY_URL", raising=False)
+    monkeypatch.delenv("CARABASE_NOTIFY_URL_FILE", raising=False)
+    assert install.notify_url_file("install-cron prod") is None
+
+
 def test_write_atomically_replaces_the_file_whole_with_its_mode(tmp_path):
     target = tmp_path / "units" / "x.timer"
     install.write_atomically(install.ScheduleFile(target, b"old"), "install-cron dev")

@@ -39,10 +39,10 @@ def test_label_names_the_env():
     assert launchd.plist_name("staging") == "com.carabase.backup.staging.plist"
 
 
-def test_program_runs_backup_then_prune_through_the_installed_invoke_in_one_call():
+def test_program_runs_the_nightly_task_through_the_installed_invoke_in_one_call():
     assert rendered()["ProgramArguments"] == [
         "/Users/ann/src/carabase/.venv/bin/invoke", "--search-root", "/Users/ann/src/carabase",
-        "backup.staging", "backup.prune", "staging",
+        "backup.nightly", "staging",
     ]
 
 
@@ -118,10 +118,12 @@ def test_example_plist_in_the_repository_is_what_the_renderer_produces():
     )
 
 
-def test_example_plist_is_for_prod_with_the_key_by_file_and_homebrew_on_path():
+def test_example_plist_is_for_prod_with_the_key_and_notify_url_by_file_and_homebrew_on_path():
     job = plistlib.loads(EXAMPLE_FILE.read_bytes())
     assert job["Label"] == "com.carabase.backup.prod"
-    assert job["ProgramArguments"][-3:] == ["backup.prod", "backup.prune", "prod"]
+    assert job["ProgramArguments"][-2:] == ["backup.nightly", "prod"]
+    assert "CARABASE_NOTIFY_URL" not in job["EnvironmentVariables"]
+    assert os.path.isabs(job["EnvironmentVariables"]["CARABASE_NOTIFY_URL_FILE"])
     assert job["EnvironmentVariables"]["PATH"].split(":")[0] == "/opt/homebrew/bin"
     assert "HOST_MASTER_KEY" not in job["EnvironmentVariables"]
     assert os.path.isabs(job["EnvironmentVariables"]["HOST_MASTER_KEY_FILE"])

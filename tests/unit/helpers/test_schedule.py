@@ -6,9 +6,9 @@ import pytest
 from helpers import schedule
 
 
-def test_command_runs_backup_then_prune_of_the_same_env_in_one_invoke_call():
+def test_command_runs_the_nightly_task_of_the_env_in_one_invoke_call():
     assert schedule.command("/v/bin/invoke", "/repo", "staging") == [
-        "/v/bin/invoke", "--search-root", "/repo", "backup.staging", "backup.prune", "staging",
+        "/v/bin/invoke", "--search-root", "/repo", "backup.nightly", "staging",
     ]
 
 
@@ -43,7 +43,7 @@ def test_environment_holds_path_backup_dir_then_the_variables_in_that_order():
     ]
 
 
-@pytest.mark.parametrize("name", ["HOST_MASTER_KEY", "PGPASSWORD"])
+@pytest.mark.parametrize("name", ["HOST_MASTER_KEY", "PGPASSWORD", "CARABASE_NOTIFY_URL"])
 def test_environment_with_a_secret_variable_is_refused(name):
     with pytest.raises(schedule.UnsafeSchedule, match=name):
         schedule.environment(path="/usr/bin", backup_dir="/b", variables={name: "x" * 64})
@@ -72,10 +72,10 @@ def test_has_password_is_false_for_a_url_without_one(url):
     assert not schedule.has_password(url)
 
 
-def test_environment_with_a_relative_key_file_is_refused():
-    with pytest.raises(schedule.UnsafeSchedule, match="HOST_MASTER_KEY_FILE"):
-        schedule.environment(path="/usr/bin", backup_dir="/b",
-                             variables={"HOST_MASTER_KEY_FILE": "master.key"})
+@pytest.mark.parametrize("name", ["HOST_MASTER_KEY_FILE", "CARABASE_NOTIFY_URL_FILE"])
+def test_environment_with_a_relative_secret_file_is_refused(name):
+    with pytest.raises(schedule.UnsafeSchedule, match=name):
+        schedule.environment(path="/usr/bin", backup_dir="/b", variables={name: "secret.file"})
 
 
 def test_environment_with_a_control_character_in_a_value_is_refused():

@@ -81,13 +81,13 @@ def test_timer_fires_at_03_17_every_day_catches_up_after_downtime_and_is_enabled
     assert values(timer["Install"], "WantedBy") == ["timers.target"]
 
 
-def test_service_runs_backup_then_prune_once_through_the_installed_invoke():
+def test_service_runs_the_nightly_task_once_through_the_installed_invoke():
     service = service_of(render())
     assert values(service, "Type") == ["oneshot"]
     [exec_start] = values(service, "ExecStart")
     assert systemd_words(exec_start) == [
         "/home/ann/carabase/.venv/bin/invoke", "--search-root", "/home/ann/carabase",
-        "backup.prod", "backup.prune", "prod",
+        "backup.nightly", "prod",
     ]
     assert values(service, "WorkingDirectory") == ["/home/ann/carabase"]
 
