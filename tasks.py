@@ -4,6 +4,8 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
+    invoke backup.push prod                    copy prod's backups off-site (CARABASE_OFFSITE)
+    invoke backup.fetch prod latest|STAMP      download an off-site backup into the tree
     invoke backup.install-cron prod            nightly backup + prune at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
@@ -11,8 +13,9 @@ This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd). Sections: composing commands, backup, restore, prune and status, schedule,
-the namespace. See README.md.
+systemd), off-site copies (offsite: rclone is run here, its output read there).
+Sections: composing commands, backup, restore, prune and status, off-site copies,
+schedule, the namespace. See README.md.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from pathlib import Path
 import invoke
 from invoke import Collection, Exit
 
-from helpers import freshness, install, launchd, progress, retention, schedule, systemd
+from helpers import (freshness, install, launchd, offsite, progress, retention, schedule,
+                     systemd)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_program,
                             database, env_dir, require_key, user_path)
 from helpers.errors import UserError
@@ -36,8 +40,8 @@ from helpers.failures import explain_pipeline_failure
 from helpers.process import env_lock, stop_on_signal, watching_terminal
 from helpers.prune import prune_backups
 from helpers.restore import confirm_restore, decrypt_file, private_tempfile
-from helpers.tree import (ensure_private_dir, fresh_stamp, os_errors_reported, publish,
-                          remove_if_empty, remove_stale_partials)
+from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, os_errors_reported,
+                          publish, remove_if_empty, remove_stale_partials)
 
 REPO = Path(__file__).resolve().parent
 
@@ -176,22 +180,35 @@ def run_backup(c, env: str) -> Path:
     return final
 
 
+def copy_new_backup(c, env: str, final: Path) -> None:
+    """With CARABASE_OFFSITE set, copy the backup just published off-site. A failed copy
+    leaves the local backup where it is and ends the task non-zero, saying how to retry."""
+    if offsite.destination() is None:
+        return
+    stamp = retention.parse_backup_name(final.name)
+    try:
+        push_backups(c, env, [(stamp, final)], f"backup {env}: off-site copy of {final}")
+    except UserError as error:
+        raise UserError(f"{error.message}; the local backup is kept; retry with:"
+                        f" invoke backup.push {env}", code=error.code) from None
+
+
 @task(name="dev")
 def backup_dev(c):
-    """One encrypted backup of the dev database."""
-    run_backup(c, "dev")
+    """One encrypted backup of the dev database (copied off-site if CARABASE_OFFSITE)."""
+    copy_new_backup(c, "dev", run_backup(c, "dev"))
 
 
 @task(name="staging")
 def backup_staging(c):
-    """One encrypted backup of the staging database."""
-    run_backup(c, "staging")
+    """One encrypted backup of the staging database (copied off-site if CARABASE_OFFSITE)."""
+    copy_new_backup(c, "staging", run_backup(c, "staging"))
 
 
 @task(name="prod")
 def backup_prod(c):
-    """One encrypted backup of the prod database."""
-    run_backup(c, "prod")
+    """One encrypted backup of the prod database (copied off-site if CARABASE_OFFSITE)."""
+    copy_new_backup(c, "prod", run_backup(c, "prod"))
 
 
 # --- restore --------------------------------------------------------------------------
@@ -353,25 +370,26 @@ def drop_database(c, target: Database) -> None:
 @task(help={"env": "dev, staging or prod",
             "dry-run": "print what would be kept and deleted; delete nothing"})
 def prune(c, env, dry_run=False):
-    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly."""
+    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly; then
+    the same to its off-site copies (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
     root = env_dir(env)  # checks env
-    if not root.is_dir():
-        print(f"{env}: nothing to prune: {root} does not exist")
-        return
     with os_errors_reported(f"prune {env}"):
-        if dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
+        if not root.is_dir():
+            print(f"{env}: nothing to prune: {root} does not exist")
+        elif dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
             prune_backups(env, dry_run=True)
-            return
-        with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
-            remove_stale_partials(env)
-            prune_backups(env, dry_run=False)
+        else:
+            with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
+                remove_stale_partials(env)
+                prune_backups(env, dry_run=False)
+    prune_offsite(c, env, dry_run)
 
 
 @task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
 def status(c, json=False):
     """Freshness of every env: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
-    reports = [freshness.freshness_of(env, now) for env in ENVS]
+    reports = [offsite.with_offsite(freshness.freshness_of(env, now), now) for env in ENVS]
     worst = freshness.worst_status(reports)
     if json:
         print(freshness.status_json(worst, reports))
@@ -380,6 +398,209 @@ def status(c, json=False):
             print(report.line())
     if freshness.SEVERITY[worst]:
         raise Exit(code=freshness.SEVERITY[worst])
+
+
+# --- off-site copies ------------------------------------------------------------------
+
+# rclone logs one JSON object a line on stderr: one "Copied (...)" line per file it
+# copied and an error line per file that failed, and no transfer statistics.
+RCLONE_LOG = ("--use-json-log", "--log-level", "INFO", "--stats", "0",
+              "--stats-log-level", "DEBUG")
+
+
+def rclone_program(c) -> Path:
+    """The rclone to run (helpers.offsite.choose_rclone): asks a PATH rclone its version."""
+    bundled = offsite.bundled_rclone()
+    on_path = offsite.rclone_on_path()
+    version = None
+    if on_path is not None and (bundled is None or on_path != bundled[0]):
+        probe = c.run(quoted(on_path, "version"), hide=True, warn=True, in_stream=False)
+        version = probe.stdout if probe.ok else None
+    return offsite.choose_rclone(bundled, on_path, version)
+
+
+def run_rclone(c, program: Path, *args: object, paths: list[str] | None = None):
+    """rclone with `args`, `paths` on its standard input (for --files-from-raw -).
+    Credentials reach it only through its environment or its config file."""
+    command = quoted(program, *args)
+    if paths is not None:
+        command = pipeline(quoted("printf", "%s\n", *paths), command)
+    return c.run(command, env=offsite.rclone_environment(), hide=True, warn=True,
+                 in_stream=False)
+
+
+def rclone_failure(result) -> str:
+    return offsite.explain_failure(result.stderr, result.exited)
+
+
+def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
+                   action: str) -> list[offsite.RemoteBackup]:
+    """The env's backups on the remote (lsjson), oldest first. The destination itself
+    must exist: a missing bucket, or a NAS that is not mounted, is an error, never
+    something to create."""
+    listing = run_rclone(c, program, "lsjson", "-R", "--files-only", "--hash",
+                         dest.env_root(env))
+    if listing.ok:
+        return offsite.parse_listing(listing.stdout)
+    if listing.exited == 3:  # directory not found: the env's, or the destination's?
+        root = run_rclone(c, program, "lsf", "--dirs-only", "--max-depth", "1", dest.text)
+        if root.ok:
+            return []
+        if root.exited == 3:
+            raise UserError(f"{action} failed: {dest.text} does not exist: create the bucket"
+                            " or folder (nothing is created above <env>/), or fix"
+                            " CARABASE_OFFSITE")
+        listing = root
+    raise UserError(f"{action} failed: {rclone_failure(listing)}")
+
+
+def push_backups(c, env: str, backups: list, action: str) -> int:
+    """Copy `backups` ((stamp, path), oldest first) that are missing or different
+    off-site, verify each copy, record the newest one off-site; the number copied.
+
+    rclone copy compares by size and hash (--checksum), uploads to a temporary name or
+    as a single atomic object (S3's PUT and completed multipart uploads; a .partial
+    file renamed into place on folders) and checks size and hash after each upload;
+    rclone check then confirms each copied file against the remote once more."""
+    dest = offsite.require_destination(action)
+    program = rclone_program(c)
+    remote_backups(c, program, dest, env, action)  # the destination exists and answers
+    relatives = [offsite.relative_path(stamp) for stamp, _ in backups]
+    sizes = {offsite.relative_path(stamp): path.stat().st_size for stamp, path in backups}
+    copy = run_rclone(c, program, "copy", "--checksum", "--files-from-raw", "-", *RCLONE_LOG,
+                      env_dir(env), dest.env_root(env), paths=relatives)
+    copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
+    failed = offsite.failed_objects(copy.stderr)
+    if not copy.ok and not failed:
+        raise UserError(f"{action} failed: {rclone_failure(copy)}")
+    if copied:
+        check = run_rclone(c, program, "check", "--one-way", "--files-from-raw", "-",
+                           "--combined", "-", env_dir(env), dest.env_root(env), paths=copied)
+        for line in check.stdout.splitlines():
+            mark, _, path = line.partition(" ")
+            if mark != "=" and path in sizes:
+                failed.setdefault(path, "the copy does not match the local file")
+        if not check.ok and not check.stdout.strip():
+            raise UserError(f"{action} failed: cannot verify the copies:"
+                            f" {rclone_failure(check)}")
+        how = ("by size only: the remote keeps no hash rclone can compare"
+               if "No common hash" in check.stderr else "size and hash")
+    for path in copied:
+        if path not in failed:
+            print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])})"
+                  f" to {dest.backup_path(env, path)}")
+    for path, reason in sorted(failed.items()):
+        print(f"{action}: FAILED {path}: {offsite.explain_failure(reason, 1)}")
+    safe = [stamp for stamp, _ in backups if offsite.relative_path(stamp) not in failed]
+    if safe:
+        offsite.write_record(env, dest, max(safe), datetime.now(timezone.utc))
+    done = len(copied) - len(set(copied) & set(failed))
+    if failed:
+        first, reason = sorted(failed.items())[0]
+        raise UserError(f"{action} failed for {len(failed)} of {len(backups)} backups"
+                        f" (first: {first}: {offsite.explain_failure(reason, 1)})")
+    if copied:
+        print(f"{action}: {done} copied and verified ({how}),"
+              f" {len(backups) - len(copied)} already off-site")
+    return done
+
+
+@task(help={"env": "dev, staging or prod"})
+def push(c, env):
+    """Copy every local backup of an env that is missing or different off-site, verified;
+    never deletes anything (CARABASE_OFFSITE)."""
+    action = f"push {check_env(env)}"
+    dest = offsite.require_destination(action)
+    with os_errors_reported(action), stop_on_signal(f"{action} (copies under way were"
+                                                    " abandoned)"):
+        backups = list_backups(env)
+        if not backups:
+            print(f"{action}: no local backups to copy")
+            return
+        copied = push_backups(c, env, backups, action)
+    if not copied:
+        print(f"{action}: nothing to copy: all {len(backups)} backups are already at"
+              f" {dest.env_root(env)}")
+
+
+def prune_offsite(c, env: str, dry_run: bool) -> None:
+    """The retention plan applied to the remote's own listing: deletes only backup names
+    in their date directories, never anything else there."""
+    dest = offsite.destination()
+    if dest is None:
+        return
+    action = f"prune {env} off-site"
+    if not offsite.prune_remote():
+        print(f"{env} off-site: CARABASE_OFFSITE_PRUNE=0: nothing deleted at"
+              f" {dest.env_root(env)} (the bucket's own rules decide)")
+        return
+    program = rclone_program(c)
+    backups = remote_backups(c, program, dest, env, action)
+    if not backups:
+        print(f"{env} off-site: no backups at {dest.env_root(env)}, nothing to prune")
+        return
+    decided = retention.plan([backup.stamp for backup in backups], datetime.now(timezone.utc))
+    doomed = [backup.relative for backup in backups if backup.stamp in decided.delete]
+    if doomed and not dry_run:
+        deleted = run_rclone(c, program, "delete", "--files-from-raw", "-", *RCLONE_LOG,
+                             dest.env_root(env), paths=doomed)
+        if not deleted.ok:
+            raise UserError(f"{action} failed: {rclone_failure(deleted)}; with append-only"
+                            " credentials, set CARABASE_OFFSITE_PRUNE=0")
+        for day in sorted({path.split("/")[0] for path in doomed}):
+            # Folders only (object stores have no empty directories); fails, harmlessly,
+            # where anything is left in it.
+            run_rclone(c, program, "rmdir", dest.backup_path(env, day))
+    print(f"{env} off-site: {dest.env_root(env)}")
+    for line in offsite.prune_report(env, backups, decided, dry_run):
+        print(line)
+
+
+@task(help={"env": "dev, staging or prod",
+            "which": "latest, or a backup's stamp: 2026-04-09T031700"})
+def fetch(c, env, which):
+    """Download an off-site backup into the local tree (verified, never overwriting) and
+    print its path, for backup.restore."""
+    action = f"fetch {check_env(env)}"
+    dest = offsite.require_destination(action)
+    program = rclone_program(c)
+    backups = remote_backups(c, program, dest, env, action)
+    chosen = offsite.choose_backup(backups, which)
+    if chosen is None:
+        newest = f" (newest: {backups[-1].relative})" if backups else ""
+        raise UserError(f"{action}: no backup {which!r} at {dest.env_root(env)}{newest}")
+    final = env_dir(env) / chosen.relative
+    if final.exists():
+        if final.stat().st_size != chosen.size:
+            raise UserError(f"{action}: {final} exists and differs from the off-site copy;"
+                            " not overwritten (move it aside to fetch this one)")
+        print(final)
+        return
+    with os_errors_reported(action), stop_on_signal(f"{action} (nothing was kept)"), \
+            env_lock(env, action):
+        day = ensure_private_dir(final.parent)
+        partial = day / retention.partial_name(chosen.stamp)
+        try:
+            # Into our own temporary name (hence --inplace: no second temporary name
+            # that a killed fetch would leave), renamed once verified.
+            result = run_rclone(c, program, "copyto", "--inplace",
+                                dest.backup_path(env, chosen.relative), partial)
+            if not result.ok:
+                raise UserError(f"{action} failed: {rclone_failure(result)}")
+            partial.chmod(0o600)
+            size = partial.stat().st_size
+            if size != chosen.size:
+                raise UserError(f"{action} failed: got {size} bytes of {chosen.size}")
+            expected = offsite.comparable_hash(chosen.hashes)
+            if expected and offsite.file_hash(partial, expected[0]) != expected[1]:
+                raise UserError(f"{action} failed: the download's {expected[0]} does not"
+                                " match the remote's")
+            publish(partial, final, action)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            remove_if_empty(day)
+            raise
+    print(final)
 
 
 # --- schedule -------------------------------------------------------------------------
@@ -532,5 +753,5 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron):
+              uninstall_cron, push, fetch):
     backup_tasks.add_task(_task)

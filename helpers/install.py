@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import crypto, launchd, schedule, systemd
+from helpers import crypto, launchd, offsite, schedule, systemd
 from helpers.config import backup_root, database, env_dir
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
@@ -90,6 +90,7 @@ def schedule_inputs(env: str, action: str) -> dict:
     for setting in ("CARABASE_COMPRESSOR", "CARABASE_COMPRESS_THREADS"):
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
+    variables.update(offsite.schedule_variables(action))  # the rclone config's path only
 
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
@@ -111,7 +112,8 @@ def schedule_inputs(env: str, action: str) -> dict:
         "log_path": str(schedule_log(env)),
         # pigz too, when it lives elsewhere (Homebrew): else the job quietly uses gzip.
         "path": schedule.job_path(*(os.path.dirname(os.path.abspath(tool))
-                                    for tool in (pg_dump, shutil.which("pigz")) if tool)),
+                                    for tool in (pg_dump, shutil.which("pigz"),
+                                                 shutil.which("rclone")) if tool)),
         "variables": variables,
     }
 
