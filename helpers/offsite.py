@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
@@ -230,19 +231,22 @@ _HINTS = (
 )
 
 
+_PLAIN_LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+(\w+)\s*:\s*")
+
+
 def explain_failure(stderr: str, exited: int) -> str:
     """One line for a failed rclone command: what it means, then rclone's own words."""
     messages = [str(entry.get("msg", "")) for entry in log_entries(stderr)
                 if entry.get("level") in ("error", "critical", "notice")]
-    plain = [line.strip() for line in (stderr or "").splitlines()
+    plain = [_PLAIN_LOG_PREFIX.sub("", line.strip()) for line in (stderr or "").splitlines()
              if line.strip() and not line.lstrip().startswith("{")]
-    said = (messages or plain or [f"rclone exited with status {exited}"])[-1]
-    said = re.sub(r"\s+", " ", said)
-    said = said if len(said) <= 300 else said[:297] + "..."
-    for needles, hint in _HINTS:
-        if any(needle.lower() in said.lower() for needle in needles):
-            return f"{hint} ({said})"
-    return said
+    said = re.sub(r"\s+", " ", (messages or plain or [f"rclone exited with status {exited}"])[-1])
+    hint = next((hint for needles, hint in _HINTS
+                 if any(needle.lower() in said.lower() for needle in needles)), None)
+    said = re.sub(r"(RequestID|HostID): ?, ?", "", said)  # the S3 SDK's empty fields
+    if len(said) > 300:  # the cause comes last ("...: connect: connection refused")
+        said = said[:120] + " ... " + said[-175:]
+    return f"{hint} ({said})" if hint else said
 
 
 # --- what the last successful copy recorded ----------------------------------------------
@@ -430,6 +434,8 @@ def remote_in_config(config: Path, remote: str, action: str) -> bool:
     except OSError as error:
         raise UserError(f"{action}: cannot read the rclone config {config}:"
                         f" {error.strerror}") from None
+    if not stat.S_ISREG(mode):  # /dev/null: rclone's way of saying "no config file"
+        return False
     if mode & 0o077:
         raise UserError(f"{action}: the rclone config {config} holds credentials but others"
                         f" can read it: chmod 600 {config}")
