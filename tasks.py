@@ -402,10 +402,10 @@ def status(c, json=False):
 
 # --- off-site copies ------------------------------------------------------------------
 
-# rclone logs one JSON object a line on stderr: one "Copied (...)" line per file it
-# copied and an error line per file that failed, and no transfer statistics.
-RCLONE_LOG = ("--use-json-log", "--log-level", "INFO", "--stats", "0",
-              "--stats-log-level", "DEBUG")
+# rclone logs one JSON object a line on stderr: for each file it copies, what it checked
+# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG) and "Copied (...)"; an
+# error line for each file that failed; and no transfer statistics.
+RCLONE_LOG = ("--use-json-log", "--log-level", "DEBUG", "--stats", "0")
 
 
 def rclone_program(c) -> Path:
@@ -456,12 +456,14 @@ def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
 
 def push_backups(c, env: str, backups: list, action: str) -> int:
     """Copy `backups` ((stamp, path), oldest first) that are missing or different
-    off-site, verify each copy, record the newest one off-site; the number copied.
+    off-site, each verified; record the newest one off-site; the number copied.
 
-    rclone copy compares by size and hash (--checksum), uploads to a temporary name or
-    as a single atomic object (S3's PUT and completed multipart uploads; a .partial
-    file renamed into place on folders) and checks size and hash after each upload;
-    rclone check then confirms each copied file against the remote once more."""
+    rclone copy compares by size and hash (--checksum) to find what is missing or
+    different, uploads each file so that it never appears incomplete under its name (a
+    single S3 PUT or a completed multipart upload; on a folder, a .partial file renamed
+    into place: no --inplace here), and after each upload checks the remote's size and
+    hash against the local file's. Its log says what it checked, file by file; a copy
+    whose size check is not in the log counts as failed."""
     dest = offsite.require_destination(action)
     program = rclone_program(c)
     remote_backups(c, program, dest, env, action)  # the destination exists and answers
@@ -473,36 +475,32 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     failed = offsite.failed_objects(copy.stderr)
     if not copy.ok and not failed:
         raise UserError(f"{action} failed: {rclone_failure(copy)}")
-    if copied:
-        check = run_rclone(c, program, "check", "--one-way", "--files-from-raw", "-",
-                           "--combined", "-", env_dir(env), dest.env_root(env), paths=copied)
-        for line in check.stdout.splitlines():
-            mark, _, path = line.partition(" ")
-            if mark != "=" and path in sizes:
-                failed.setdefault(path, "the copy does not match the local file")
-        if not check.ok and not check.stdout.strip():
-            raise UserError(f"{action} failed: cannot verify the copies:"
-                            f" {rclone_failure(check)}")
-        how = ("by size only: the remote keeps no hash rclone can compare"
-               if "No common hash" in check.stderr else "size and hash")
+    checked = offsite.verified_objects(copy.stderr)
+    hashes = set()
     for path in copied:
-        if path not in failed:
-            print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])})"
-                  f" to {dest.backup_path(env, path)}")
+        done = checked.get(path, set())
+        if "size" not in done:
+            failed.setdefault(path, "rclone did not confirm the size of the copy")
+        elif path not in failed:
+            kinds = sorted(done - {"size"})
+            hashes.update(kinds)
+            how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
+            print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])}, verified"
+                  f" {how}) to {dest.backup_path(env, path)}")
     for path, reason in sorted(failed.items()):
         print(f"{action}: FAILED {path}: {offsite.explain_failure(reason, 1)}")
     safe = [stamp for stamp, _ in backups if offsite.relative_path(stamp) not in failed]
     if safe:
         offsite.write_record(env, dest, max(safe), datetime.now(timezone.utc))
-    done = len(copied) - len(set(copied) & set(failed))
     if failed:
         first, reason = sorted(failed.items())[0]
         raise UserError(f"{action} failed for {len(failed)} of {len(backups)} backups"
                         f" (first: {first}: {offsite.explain_failure(reason, 1)})")
     if copied:
-        print(f"{action}: {done} copied and verified ({how}),"
+        how = "size and " + "/".join(sorted(hashes)) if hashes else "size only"
+        print(f"{action}: {len(copied)} copied and verified ({how}),"
               f" {len(backups) - len(copied)} already off-site")
-    return done
+    return len(copied)
 
 
 @task(help={"env": "dev, staging or prod"})

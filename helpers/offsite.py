@@ -206,6 +206,24 @@ def copied_objects(stderr: str) -> list[str]:
             if str(entry.get("msg", "")).startswith("Copied (")]
 
 
+_CHECKED = re.compile(r"^(size|[a-z0-9]+) = \S+ OK$")
+
+
+def verified_objects(stderr: str) -> dict[str, set[str]]:
+    """{path: what rclone checked after copying it}: "size" and the hash it compared
+    ("md5", "sha1", ...), from its DEBUG lines "size = 123 OK", "md5 = 3c6e... OK". On a
+    folder the size is checked on the temporary `<name>.<hex>.partial` file, before the
+    rename."""
+    checked: dict[str, set[str]] = {}
+    for entry in log_entries(stderr):
+        match = _CHECKED.match(str(entry.get("msg", "")))
+        path = str(entry.get("object", ""))
+        if match and path:
+            path = re.sub(r"\.[0-9a-f]+\.partial$", "", path)
+            checked.setdefault(path, set()).add(match.group(1))
+    return checked
+
+
 def failed_objects(stderr: str) -> dict[str, str]:
     """{path: rclone's message} for each object the JSON log reports an error about."""
     return {entry["object"]: str(entry.get("msg", ""))

@@ -169,7 +169,7 @@ def test_push_copies_what_is_missing_or_different_and_nothing_else(
     assert {line.split()[3] for line in lines[:-1]} == \
         {relative(stamps["different"]), relative(stamps["missing"])}
     assert all(line.startswith("push dev: copied ") for line in lines[:-1])
-    assert lines[-1] == "push dev: 2 copied and verified (size and hash), 1 already off-site"
+    assert lines[-1] == "push dev: 2 copied and verified (size and md5), 1 already off-site"
     assert offsite_files(remote.root) == {f"dev/{relative(stamp)}" for stamp in stamps.values()}
     for path in (already, different, missing):
         assert (remote.root / "dev" / path.relative_to(dev)).read_bytes() == path.read_bytes()
