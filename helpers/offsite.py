@@ -78,10 +78,12 @@ def destination() -> Destination | None:
         return Destination(text.rstrip("/") or "/", None)
     match = _REMOTE.match(text)
     if match is None or "," in match.group(1):
-        # ":s3,secret_access_key=...:bucket" would put a credential on the command line.
+        # ":s3,secret_access_key=...:bucket" would put a credential on the command line
+        # (and in this message: such a value is not quoted).
+        shown = "a remote with parameters inline" if "=" in text or "," in text else repr(text)
         raise UserError(
             "CARABASE_OFFSITE must be an rclone remote and path (b2:my-bucket/carabase) or an"
-            f" absolute folder, not {text!r}: define the remote with `rclone config` (or"
+            f" absolute folder, not {shown}: define the remote with `rclone config` (or"
             " RCLONE_CONFIG_<NAME>_* variables), never with parameters inline"
         )
     return Destination(text.rstrip("/") if not text.endswith(":/") else text, match.group(1))

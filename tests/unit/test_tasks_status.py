@@ -101,11 +101,12 @@ def test_status_json_is_one_object_with_the_documented_shape(root, capsys):
         assert {"env", "status", "latest", "age_hours", "path"} <= set(env)
     assert report["envs"][0] == {"env": "dev", "status": "PASS",
                                  "latest": "2026-04-09T03:17:12Z", "age_hours": 3.0,
-                                 "path": str(dev), "warning": None}
+                                 "path": str(dev), "warning": None, "offsite": None}
     assert report["envs"][1]["status"] == "WARN"
     assert report["envs"][1]["age_hours"] == pytest.approx(58.0)
     assert report["envs"][2] == {"env": "prod", "status": "FAIL", "latest": None,
-                                 "age_hours": None, "path": None, "warning": None}
+                                 "age_hours": None, "path": None, "warning": None,
+                                 "offsite": None}
 
 
 def test_status_json_exits_0_with_status_pass_when_all_pass(root, capsys):
