@@ -10,6 +10,8 @@ the run, and alternates, RUNS times each, into a fresh prefix every time:
 
   (a) rclone copy <tree>/dev s3:<bucket>/<prefix>/dev        (the bare copy)
   (b) invoke backup.push dev  with CARABASE_OFFSITE=s3:<bucket>/<prefix>
+  (c) invoke backup.push dev  again, with everything already there: the fixed cost
+      (starting invoke, listing the remote) plus rclone comparing each file's md5
 
 (b) also lists the destination first and verifies the copies afterwards (rclone check:
 each file's md5 read again locally and compared with the remote's). Prints a Markdown
@@ -78,7 +80,7 @@ def main() -> None:
         environ = {name: value for name, value in os.environ.items()
                    if not name.startswith(("RCLONE_", "CARABASE_", "HOST_MASTER_KEY"))}
         environ.update(RCLONE_CONFIG=str(config), CARABASE_BACKUP_DIR=str(work / "backups"))
-        times: dict[str, list[float]] = {"bare": [], "push": []}
+        times: dict[str, list[float]] = {"bare": [], "push": [], "again": []}
         for run in range(args.runs):
             order = ["bare", "push"] if run % 2 == 0 else ["push", "bare"]
             for case in order:
@@ -89,6 +91,8 @@ def main() -> None:
                 else:
                     command = [INVOKE, "--search-root", str(REPO), "backup.push", "dev"]
                     times[case].append(timed(command, {**environ, "CARABASE_OFFSITE": prefix}))
+                    times["again"].append(timed(command, {**environ,
+                                                          "CARABASE_OFFSITE": prefix}))
                 shutil.rmtree(work / "backing" / "bench" / f"{case}{run}", ignore_errors=True)
         version = subprocess.run([rclone(), "version"], capture_output=True, text=True)
         print(f"{args.files} files x {args.mib} MiB = {total / (1 << 20):.0f} MiB,"
@@ -100,12 +104,16 @@ def main() -> None:
         print("|---|---|---|---|")
         bare = statistics.median(times["bare"])
         for case, label in (("bare", "(a) bare `rclone copy`"),
-                            ("push", "(b) `invoke backup.push dev`")):
+                            ("push", "(b) `invoke backup.push dev`"),
+                            ("again", "(c) the same push again: nothing to copy")):
             median = statistics.median(times[case])
             spread = f"{min(times[case]):.2f}-{max(times[case]):.2f}"
             rate = total / (1 << 20) / median
-            print(f"| {label} | {median:.2f} s ({spread}) | {rate:.0f} MiB/s"
+            rate_text = f"{rate:.0f} MiB/s" if case != "again" else "-"
+            print(f"| {label} | {median:.2f} s ({spread}) | {rate_text}"
                   f" | {median / bare:.2f}x |")
+        best = min(times["push"]) / min(times["bare"])
+        print(f"\nbest run against best run: push {best:.2f}x the bare copy")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
