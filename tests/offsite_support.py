@@ -17,8 +17,7 @@ from helpers import offsite
 
 
 def rclone() -> str:
-    found = offsite.bundled_rclone()
-    return str(found[0] if found else offsite.rclone_on_path())
+    return str(offsite.bundled_rclone() or offsite.rclone_on_path())
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import MockContext, Result
 
@@ -39,7 +40,7 @@ def test_push_copies_by_checksum_the_exact_files_listed_with_credentials_out_of_
 
     (listing, _), (copy, options) = [call.args and (call.args[0], call.kwargs)
                                      for call in context.run.call_args_list]
-    assert listing == "/opt/rclone lsjson -R --files-only --hash b2:bucket/carabase/dev"
+    assert listing == "/opt/rclone lsjson -R --files-only b2:bucket/carabase/dev"
     assert copy.startswith(f"set -o pipefail; printf '%s\n' {RELATIVE} | /opt/rclone copy"
                            " --checksum --files-from-raw - ")
     assert "--inplace" not in copy and "--ignore-checksum" not in copy
@@ -71,3 +72,15 @@ def test_a_copy_rclone_did_not_confirm_counts_as_failed(monkeypatch, tmp_path, c
         raise AssertionError("an unconfirmed copy passed")
     assert not (tmp_path / "dev" / ".offsite.json").exists()
     assert retention.parse_backup_name(backup.name) == STAMP
+
+
+def test_a_newer_rclone_on_path_is_asked_its_version_and_preferred(monkeypatch):
+    monkeypatch.setattr(tasks.offsite, "bundled_rclone", lambda: Path("/venv/bin/rclone"))
+    monkeypatch.setattr(tasks.offsite, "bundled_version", lambda: "1.75.2")
+    monkeypatch.setattr(tasks.offsite, "rclone_on_path", lambda: Path("/usr/bin/rclone"))
+    newer = MockContext(run={"/usr/bin/rclone version": Result("rclone v1.80.0\n")})
+    assert tasks.rclone_program(newer) == Path("/usr/bin/rclone")
+    older = MockContext(run={"/usr/bin/rclone version": Result("rclone v1.60.1\n")})
+    assert tasks.rclone_program(older) == Path("/venv/bin/rclone")
+    monkeypatch.setattr(tasks.offsite, "rclone_on_path", lambda: Path("/venv/bin/rclone"))
+    assert tasks.rclone_program(MockContext()) == Path("/venv/bin/rclone")  # nothing runs

@@ -75,21 +75,21 @@ def test_version_parsing():
 
 
 def test_a_newer_rclone_on_path_wins_an_older_one_does_not():
-    bundled = (Path("/venv/bin/rclone"), "1.75.2")
+    bundled, version = Path("/venv/bin/rclone"), "1.75.2"
     path = Path("/usr/local/bin/rclone")
-    assert offsite.choose_rclone(bundled, path, "rclone v1.76.0") == path
-    assert offsite.choose_rclone(bundled, path, "rclone v1.68.1") == bundled[0]
-    assert offsite.choose_rclone(bundled, path, None) == bundled[0]  # did not answer
-    assert offsite.choose_rclone(bundled, None, None) == bundled[0]
-    assert offsite.choose_rclone(None, path, None) == path
+    assert offsite.choose_rclone(bundled, version, path, "rclone v1.76.0") == path
+    assert offsite.choose_rclone(bundled, version, path, "rclone v1.68.1") == bundled
+    assert offsite.choose_rclone(bundled, version, path, None) == bundled  # did not answer
+    assert offsite.choose_rclone(bundled, version, None, None) == bundled
+    assert offsite.choose_rclone(None, "0", path, None) == path
     with pytest.raises(UserError, match="rclone not found"):
-        offsite.choose_rclone(None, None, None)
+        offsite.choose_rclone(None, "0", None, None)
 
 
-def test_the_bundled_rclone_is_found_and_runs_the_pinned_version():
-    program, version = offsite.bundled_rclone()
+def test_the_bundled_rclone_is_found_and_is_the_pinned_version():
+    program = offsite.bundled_rclone()
     assert program.name == "rclone" and program.is_file()
-    assert offsite.parse_version(version) >= (1, 69, 0)  # the first with iclouddrive
+    assert offsite.parse_version(offsite.bundled_version()) >= (1, 69, 0)  # iclouddrive
 
 
 # --- listings and logs ------------------------------------------------------------------------
