@@ -181,10 +181,13 @@ def run_backup(c, env: str) -> Path:
     return final
 
 
-def copy_new_backup(c, env: str, final: Path) -> None:
-    """With CARABASE_OFFSITE set, copy the backup just published off-site. A failed copy
-    leaves the local backup where it is and ends the task non-zero, saying how to retry."""
-    if offsite.destination() is None:
+def backup_and_copy(c, env: str) -> None:
+    """run_backup, then with CARABASE_OFFSITE set (checked first) the new backup's copy
+    off-site. A failed copy leaves the local backup where it is and ends the task
+    non-zero, saying how to retry."""
+    dest = offsite.destination()
+    final = run_backup(c, env)
+    if dest is None:
         return
     stamp = retention.parse_backup_name(final.name)
     try:
@@ -197,19 +200,19 @@ def copy_new_backup(c, env: str, final: Path) -> None:
 @task(name="dev")
 def backup_dev(c):
     """One encrypted backup of the dev database (copied off-site if CARABASE_OFFSITE)."""
-    copy_new_backup(c, "dev", run_backup(c, "dev"))
+    backup_and_copy(c, "dev")
 
 
 @task(name="staging")
 def backup_staging(c):
     """One encrypted backup of the staging database (copied off-site if CARABASE_OFFSITE)."""
-    copy_new_backup(c, "staging", run_backup(c, "staging"))
+    backup_and_copy(c, "staging")
 
 
 @task(name="prod")
 def backup_prod(c):
     """One encrypted backup of the prod database (copied off-site if CARABASE_OFFSITE)."""
-    copy_new_backup(c, "prod", run_backup(c, "prod"))
+    backup_and_copy(c, "prod")
 
 
 # --- restore --------------------------------------------------------------------------

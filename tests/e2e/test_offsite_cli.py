@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import crypto, retention
-from tests.offsite_support import S3Server, offsite_files, upload, write_config
+from tests.offsite_support import S3Server, offsite_files, rclone, upload, write_config
 from tests.sample_db import snapshot
 from tests.support import INVOKE, REPO, run_invoke, seal_backup, take_backup
 
@@ -136,6 +136,20 @@ def test_a_failed_copy_keeps_the_backup_and_says_how_to_retry(dev_environ, tmp_p
     assert "refused the credentials" in line
     assert line.endswith("retry with: invoke backup.push dev")
     assert not remote.root.exists() or offsite_files(remote.root) == set()
+
+
+def test_a_bad_destination_stops_the_backup_before_it_starts(dev_environ, backup_dir):
+    environ = {**dev_environ, "CARABASE_OFFSITE": "relative/folder"}
+    result = run_invoke("backup.dev", env=environ)
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith("CARABASE_OFFSITE must be an rclone remote")
+    assert result.stdout == "" and not (backup_dir / "dev").exists()
+
+
+def test_the_rclone_installed_with_the_project_has_the_iclouddrive_backend():
+    backends = subprocess.run([rclone(), "help", "backends"], capture_output=True, text=True,
+                              timeout=30)
+    assert "iclouddrive" in backends.stdout
 
 
 # --- push ------------------------------------------------------------------------------
