@@ -462,18 +462,20 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     """Copy `backups` ((stamp, path), oldest first) that are missing or different
     off-site, each verified; record the newest one off-site; the number copied.
 
-    rclone copy compares by size and hash (--checksum) to find what is missing or
-    different, uploads each file so that it never appears incomplete under its name (a
-    single S3 PUT or a completed multipart upload; on a folder, a .partial file renamed
-    into place: no --inplace here), and after each upload checks the remote's size and
-    hash against the local file's. Its log says what it checked, file by file; a copy
-    whose size check is not in the log counts as failed."""
+    rclone copy finds what is missing or different: a remote file of another size is
+    different, and one of the same size but another time is compared by hash (rclone's
+    default; cheaper every night than --checksum, which hashes every local file). It
+    uploads each file so that it never appears incomplete under its name (a single S3
+    PUT or a completed multipart upload; on a folder, a .partial file renamed into
+    place: no --inplace here), and after each upload checks the remote's size and hash
+    against the local file's. Its log says what it checked, file by file; a copy whose
+    size check is not in the log counts as failed."""
     dest = offsite.require_destination(action)
     program = rclone_program(c)
     remote_backups(c, program, dest, env, action)  # the destination exists and answers
     relatives = [offsite.relative_path(stamp) for stamp, _ in backups]
     sizes = {offsite.relative_path(stamp): path.stat().st_size for stamp, path in backups}
-    copy = run_rclone(c, program, "copy", "--checksum", "--files-from-raw", "-", *RCLONE_LOG,
+    copy = run_rclone(c, program, "copy", "--files-from-raw", "-", *RCLONE_LOG,
                       env_dir(env), dest.env_root(env), paths=relatives)
     copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
     failed = offsite.failed_objects(copy.stderr)

@@ -24,7 +24,7 @@ def copy_log(path: str) -> str:
         {"level": "info", "msg": "Copied (new)", "object": path}))
 
 
-def test_push_copies_by_checksum_the_exact_files_listed_with_credentials_out_of_argv(
+def test_push_copies_the_exact_files_listed_with_credentials_out_of_argv(
         monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "it's here"))
     monkeypatch.setenv("CARABASE_OFFSITE", "b2:bucket/carabase")
@@ -42,7 +42,7 @@ def test_push_copies_by_checksum_the_exact_files_listed_with_credentials_out_of_
                                      for call in context.run.call_args_list]
     assert listing == "/opt/rclone lsjson -R --files-only b2:bucket/carabase/dev"
     assert copy.startswith(f"set -o pipefail; printf '%s\n' {RELATIVE} | /opt/rclone copy"
-                           " --checksum --files-from-raw - ")
+                           " --files-from-raw - ")
     assert "--inplace" not in copy and "--ignore-checksum" not in copy
     assert copy.endswith(" '" + str(tmp_path) + "/it'\"'\"'s here/dev' b2:bucket/carabase/dev")
     assert "SECRET" not in listing + copy
