@@ -425,11 +425,12 @@ def rclone_program(c) -> Path:
 
 def run_rclone(c, program: Path, *args: object, paths: list[str] | None = None):
     """rclone with `args`, `paths` on its standard input (for --files-from-raw -).
-    Credentials reach it only through its environment or its config file."""
+    Credentials reach it only through its environment or its config file. umask 077:
+    what it creates on a folder remote, or in the local tree, is private (0600/0700)."""
     command = quoted(program, *args)
     if paths is not None:
         command = pipeline(quoted("printf", "%s\n", *paths), command)
-    return c.run(command, env=offsite.rclone_environment(), hide=True, warn=True,
+    return c.run("umask 077; " + command, env=offsite.rclone_environment(), hide=True, warn=True,
                  in_stream=False)
 
 

@@ -2,7 +2,7 @@
 """How fast `invoke backup.push` copies backups off-site, against a bare `rclone copy` of
 the same files to the same server.
 
-    .venv/bin/python bench/offsite.py [--files 8] [--mib 32] [--runs 3]
+    .venv/bin/python bench/offsite.py [--files 8] [--mib 64] [--runs 5] [--bwlimit 20M]
 
 Makes a backup tree of FILES backup-named files of MIB MiB of random bytes (backups are
 ciphertext: incompressible), starts `rclone serve s3` on 127.0.0.1 with keys made for
@@ -13,10 +13,11 @@ the run, and alternates, RUNS times each, into a fresh prefix every time:
   (c) invoke backup.push dev  again, with everything already there: the fixed cost
       (starting invoke, listing the remote) plus rclone comparing each file's md5
 
-(b) also lists the destination first and verifies the copies afterwards (rclone check:
-each file's md5 read again locally and compared with the remote's). Prints a Markdown
-table of medians (min-max); README.md quotes the latest. Everything it makes is removed
-at the end.
+(b) also lists the destination first (it must exist) and reads rclone's per-file
+verification from its log. Prints a Markdown table of medians (min-max); README.md
+quotes the latest. --bwlimit caps (a), (b) and (c) alike at an uplink's speed (rclone's
+RCLONE_BWLIMIT), as a real off-site copy would be. Everything it makes is removed at
+the end.
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def timed(command: list[str], environ: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--mib", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--bwlimit", default=None, help="e.g. 20M: an uplink's speed")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="carabase-bench-offsite-"))
@@ -80,6 +82,8 @@ def main() -> None:
         environ = {name: value for name, value in os.environ.items()
                    if not name.startswith(("RCLONE_", "CARABASE_", "HOST_MASTER_KEY"))}
         environ.update(RCLONE_CONFIG=str(config), CARABASE_BACKUP_DIR=str(work / "backups"))
+        if args.bwlimit:
+            environ["RCLONE_BWLIMIT"] = args.bwlimit
         times: dict[str, list[float]] = {"bare": [], "push": [], "again": []}
         for run in range(args.runs):
             order = ["bare", "push"] if run % 2 == 0 else ["push", "bare"]
@@ -96,7 +100,8 @@ def main() -> None:
                 shutil.rmtree(work / "backing" / "bench" / f"{case}{run}", ignore_errors=True)
         version = subprocess.run([rclone(), "version"], capture_output=True, text=True)
         print(f"{args.files} files x {args.mib} MiB = {total / (1 << 20):.0f} MiB,"
-              f" {args.runs} runs each, alternating; {version.stdout.splitlines()[0]},"
+              f" {args.runs} runs each, alternating;"
+              f" bandwidth limit {args.bwlimit or 'none'}; {version.stdout.splitlines()[0]},"
               f" {platform.python_implementation()} {platform.python_version()},"
               f" {os.cpu_count()} cores")
         print()

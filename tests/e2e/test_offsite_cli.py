@@ -205,6 +205,8 @@ def test_push_to_a_folder_remote(environ, backup_dir, folder_remote):
     for path in backups:
         copy = folder_remote.root / "prod" / path.relative_to(backup_dir / "prod")
         assert copy.read_bytes() == path.read_bytes()
+        assert copy.stat().st_mode & 0o777 == 0o600
+        assert copy.parent.stat().st_mode & 0o777 == 0o700
     status = run_invoke("backup.status", env=environ)
     assert status.stdout.splitlines()[2].endswith(
         f" offsite={newest.strftime('%Y-%m-%dT%H:%M:%SZ')}")
