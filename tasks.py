@@ -479,7 +479,9 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     copy = run_rclone(c, program, "copy", "--files-from-raw", "-", *RCLONE_LOG,
                       env_dir(env), dest.env_root(env), paths=relatives)
     copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
-    failed = offsite.failed_objects(copy.stderr)
+    # An error that a later attempt (rclone --retries) made good is no failure.
+    failed = {path: reason for path, reason in offsite.failed_objects(copy.stderr).items()
+              if path not in copied}
     if not copy.ok and not failed:
         raise UserError(f"{action} failed: {rclone_failure(copy)}")
     checked = offsite.verified_objects(copy.stderr)

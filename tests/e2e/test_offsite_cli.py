@@ -246,7 +246,7 @@ def test_an_unreachable_endpoint_gives_one_line(environ, backup_dir, tmp_path, s
     closed = f"http://127.0.0.1:{S3Server(tmp_path, tmp_path / 'log').port}"
     config = write_config(tmp_path / "closed.conf", s3.config("s3test", endpoint=closed))
     backup = random_backup(backup_dir / "dev", ago(HOUR))
-    # Fewer retries than the defaults (3 x 3, about half a minute): the same message, sooner.
+    # Fewer retries than the defaults (3 x 3, about 20 s): the same message, sooner.
     environ = offsite_environ(environ, remote.dest, config, RCLONE_RETRIES="1",
                               RCLONE_LOW_LEVEL_RETRIES="1")
     result = run_invoke("backup.push", "dev", env=environ)

@@ -84,3 +84,16 @@ def test_a_newer_rclone_on_path_is_asked_its_version_and_preferred(monkeypatch):
     assert tasks.rclone_program(older) == Path("/venv/bin/rclone")
     monkeypatch.setattr(tasks.offsite, "rclone_on_path", lambda: Path("/venv/bin/rclone"))
     assert tasks.rclone_program(MockContext()) == Path("/venv/bin/rclone")  # nothing runs
+
+
+def test_an_error_that_a_retry_made_good_is_no_failure(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    monkeypatch.setenv("CARABASE_OFFSITE", "/nas")
+    backup = tmp_path / "dev" / RELATIVE
+    backup.parent.mkdir(parents=True)
+    backup.write_bytes(b"12345")
+    retried = json.dumps({"level": "error", "msg": "Failed to copy: reset", "object": RELATIVE})
+    context = MockContext(run=[Result("[]"), Result(stderr=retried + "\n" + copy_log(RELATIVE))])
+    monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
+    assert tasks.push_backups(context, "dev", [(STAMP, backup)], "push dev") == 1
+    assert "FAILED" not in capsys.readouterr().out
