@@ -190,11 +190,14 @@ def backup_and_copy(c, env: str) -> None:
     if dest is None:
         return
     stamp = retention.parse_backup_name(final.name)
+    action = f"backup {env}"
     try:
-        push_backups(c, env, [(stamp, final)], f"backup {env}: off-site copy of {final}")
+        push_backups(c, env, [(stamp, final)], action)
     except UserError as error:
-        raise UserError(f"{error.message}; the local backup is kept; retry with:"
-                        f" invoke backup.push {env}", code=error.code) from None
+        reason = error.message.removeprefix(f"{action} failed").lstrip(": ")
+        raise UserError(f"{action}: the off-site copy of {final} failed: {reason}; the local"
+                        f" backup is kept; retry with: invoke backup.push {env}",
+                        code=error.code) from None
 
 
 @task(name="dev")
