@@ -168,6 +168,9 @@ def prepare_log(env: str, action: str) -> Path:
 def warn_if_macos_protected(inputs: dict) -> None:
     home = Path.home()
     paths = [inputs["repo"], inputs["backup_dir"], inputs["variables"]["HOST_MASTER_KEY_FILE"]]
+    # An off-site folder (iCloud Drive's, say) and the rclone config are read by the job too.
+    paths += [inputs["variables"][name] for name in ("CARABASE_OFFSITE", "RCLONE_CONFIG")
+              if inputs["variables"].get(name, "").startswith("/")]
     for path in paths:
         for folder in MACOS_PROTECTED:
             if Path(path).is_relative_to(home / folder):

@@ -437,12 +437,16 @@ def schedule_variables(action: str) -> dict[str, str]:
     if dest.remote is None:  # a plain folder needs no rclone config
         return variables
     config = rclone_config_file()
+    if not config.exists() and not remote_variables(dest.remote):
+        raise UserError(f"{action}: the rclone config {config} does not exist: define the"
+                        f" remote {dest.remote!r} with `rclone config`, or set RCLONE_CONFIG"
+                        " to the file that defines it")
     in_file = remote_in_config(config, dest.remote, action)
     if not in_file:
-        where = (f"RCLONE_CONFIG_{dest.remote.upper()}_* variables"
-                 if remote_variables(dest.remote) else "nowhere rclone looks")
+        where = (f"only by RCLONE_CONFIG_{dest.remote.upper()}_* variables"
+                 if remote_variables(dest.remote) else "nowhere")
         raise UserError(
-            f"{action}: the rclone remote {dest.remote!r} is defined in {where}, not in the"
+            f"{action}: the rclone remote {dest.remote!r} is defined {where}, not in the"
             f" config file {config}; a schedule never carries credentials: define it with"
             f" `rclone config` (the file stays 0600) and run this again")
     overridden = remote_variables(dest.remote)

@@ -519,7 +519,8 @@ def test_the_schedule_refuses_a_remote_defined_only_by_variables(environ, key_fi
     result = install_dry_run(environ)
     assert result.returncode == 1
     line = one_line(result.stderr)
-    assert "RCLONE_CONFIG_ENVONLY_* variables" in line and "never carries credentials" in line
+    assert "defined only by RCLONE_CONFIG_ENVONLY_* variables" in line
+    assert "never carries credentials" in line
     assert s3.secret_key not in result.stdout + result.stderr
 
 

@@ -287,3 +287,20 @@ def test_the_schedule_refuses_an_encrypted_config_without_a_password_command(tmp
         offsite.schedule_variables("x")
     monkeypatch.setenv("RCLONE_PASSWORD_COMMAND", "security find-generic-password -w -s r")
     assert offsite.schedule_variables("x")["RCLONE_PASSWORD_COMMAND"].startswith("security")
+
+
+def test_the_schedule_refuses_a_missing_config_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCLONE_CONFIG", str(tmp_path / "missing.conf"))
+    monkeypatch.setenv("CARABASE_OFFSITE", "b2:bucket")
+    with pytest.raises(UserError, match="does not exist: define the remote 'b2'"):
+        offsite.schedule_variables("x")
+
+
+def test_the_schedule_refuses_a_config_that_does_not_define_the_remote(tmp_path, monkeypatch):
+    config = tmp_path / "rclone.conf"
+    config.write_text("[other]\ntype = local\n")
+    config.chmod(0o600)
+    monkeypatch.setenv("RCLONE_CONFIG", str(config))
+    monkeypatch.setenv("CARABASE_OFFSITE", "b2:bucket")
+    with pytest.raises(UserError, match="'b2' is defined nowhere, not in the config file"):
+        offsite.schedule_variables("x")
