@@ -409,18 +409,29 @@ def test_offsite_prune_0_deletes_nothing_remote(s3_environ, remote, backup_dir, 
 # --- fetch on a new machine ----------------------------------------------------------------
 
 
-def test_fetch_then_restore_on_a_new_machine_rebuilds_the_database(
+def test_fetch_then_restore_on_a_second_clone_rebuilds_the_database(
         dev_environ, remote, rclone_config, tmp_path, pg, source_db, database_factory):
     environ = offsite_environ(dev_environ, remote.dest, rclone_config)
     take_backup(environ)  # pushes it too
     latest = take_backup(environ)
-    # The new machine: an empty home and backup tree; only the key and the rclone config.
+    # The new machine: a clone of the repository, an empty home and backup tree, and
+    # only the key and the rclone config. (The clone borrows this virtualenv: installing
+    # one takes a minute; restore-db.sh would make it on a bare clone.)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=60)
+    (clone / ".venv").symlink_to(REPO / ".venv")
     new_home, new_tree = tmp_path / "new-home", tmp_path / "new-backups"
     new_home.mkdir()
     target = database_factory()
     new_machine = {**environ, "HOME": str(new_home), "CARABASE_BACKUP_DIR": str(new_tree),
                    "CARABASE_DEV_DATABASE_URL": pg.url(target)}
-    fetched = run_invoke("backup.fetch", "dev", "latest", env=new_machine)
+
+    def on_clone(*args):
+        return subprocess.run([str(clone / ".venv" / "bin" / "invoke"), "--search-root",
+                               str(clone), *args], env=new_machine, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+    fetched = on_clone("backup.fetch", "dev", "latest")
     assert fetched.returncode == 0, fetched.stderr
     path = Path(fetched.stdout.strip())
     assert path == new_tree / "dev" / latest.relative_to(environ["CARABASE_BACKUP_DIR"] + "/dev")
@@ -428,10 +439,10 @@ def test_fetch_then_restore_on_a_new_machine_rebuilds_the_database(
     assert path.stat().st_mode & 0o777 == 0o600
     assert (new_tree / "dev").stat().st_mode & 0o777 == 0o700
 
-    again = run_invoke("backup.fetch", "dev", latest.name[:17], env=new_machine)
+    again = on_clone("backup.fetch", "dev", latest.name[:17])
     assert again.returncode == 0 and again.stdout.strip() == str(path)  # nothing overwritten
 
-    restored = subprocess.run([str(REPO / "scripts" / "restore-db.sh"), "dev", str(path),
+    restored = subprocess.run([str(clone / "scripts" / "restore-db.sh"), "dev", str(path),
                                "--yes"], env=new_machine, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=120)
     assert restored.returncode == 0, restored.stderr
