@@ -463,42 +463,54 @@ def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
 
 
 def push_backups(c, env: str, backups: list, action: str) -> int:
-    """Copy `backups` ((stamp, path), oldest first) that are missing or different
-    off-site, each verified; record the newest one off-site; the number copied.
+    """Copy `backups` ((stamp, path), oldest first) that are missing off-site, each
+    verified; record the newest one off-site; the number copied.
 
-    rclone copy finds what is missing or different: a remote file of another size is
-    different, and one of the same size but another time is compared by hash (rclone's
-    default; cheaper every night than --checksum, which hashes every local file). It
-    uploads each file so that it never appears incomplete under its name (a single S3
-    PUT or a completed multipart upload; on a folder, a .partial file renamed into
-    place: no --inplace here), and after each upload checks the remote's size and hash
-    against the local file's. Its log says what it checked, file by file; a copy whose
-    size check is not in the log counts as failed."""
+    Nothing off-site is ever replaced: a backup never changes once written, so a remote
+    copy of another size means one of the two is damaged (or, locally, encrypted by
+    ransomware), and overwriting could destroy the good one. Such a file is reported as
+    failed and left alone. rclone uploads each missing file so that it never appears
+    incomplete under its name (a single S3 PUT or a completed multipart upload; on a
+    folder, a .partial file renamed into place: no --inplace here), and after each
+    upload checks the remote's size and hash against the local file's. Its log says
+    what it checked, file by file; a copy whose size check is not there counts as
+    failed."""
     dest = offsite.require_destination(action)
     program = rclone_program(c)
-    remote_backups(c, program, dest, env, action)  # the destination exists and answers
-    relatives = [offsite.relative_path(stamp) for stamp, _ in backups]
+    remote = {backup.relative: backup
+              for backup in remote_backups(c, program, dest, env, action)}
     sizes = {offsite.relative_path(stamp): path.stat().st_size for stamp, path in backups}
-    copy = run_rclone(c, program, "copy", "--files-from-raw", "-", *RCLONE_LOG,
-                      env_dir(env), dest.env_root(env), paths=relatives)
-    copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
-    # An error that a later attempt (rclone --retries) made good is no failure.
-    failed = {path: reason for path, reason in offsite.failed_objects(copy.stderr).items()
-              if path not in copied}
-    if not copy.ok and not failed:
-        raise UserError(f"{action} failed: {rclone_failure(copy)}")
-    checked = offsite.verified_objects(copy.stderr)
-    hashes = set()
-    for path in copied:
-        done = checked.get(path, set())
-        if "size" not in done:
-            failed.setdefault(path, "rclone did not confirm the size of the copy")
-        elif path not in failed:
+    failed = {path: f"the off-site copy has {remote[path].size} bytes and this one"
+                    f" {size}: not replaced (check both with backup.verify)"
+              for path, size in sizes.items() if path in remote and remote[path].size != size}
+    missing = [path for path in sizes if path not in remote]
+    copied: list[str] = []
+    hashes: set[str] = set()
+    if missing:
+        # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
+        copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
+                          *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
+        copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
+        # An error that a later attempt (rclone --retries) made good is no failure.
+        errors = {path: reason for path, reason in offsite.failed_objects(copy.stderr).items()
+                  if path in sizes and path not in copied}
+        if not copy.ok and not errors:
+            raise UserError(f"{action} failed: {rclone_failure(copy)}")
+        failed.update(errors)
+        checked = offsite.verified_objects(copy.stderr)
+        for path in copied:
+            done = checked.get(path, set())
+            if "size" not in done:
+                failed.setdefault(path, "rclone did not confirm the size of the copy")
+                continue
             kinds = sorted(done - {"size"})
             hashes.update(kinds)
             how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
             print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])}, verified"
                   f" {how}) to {dest.backup_path(env, path)}")
+        for path in missing:
+            if path not in copied and path not in failed:
+                failed[path] = "rclone did not copy it"
     for path, reason in sorted(failed.items()):
         print(f"{action}: FAILED {path}: {offsite.explain_failure(reason, 1)}")
     safe = [stamp for stamp, _ in backups if offsite.relative_path(stamp) not in failed]
@@ -517,8 +529,8 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
 
 @task(help={"env": "dev, staging or prod"})
 def push(c, env):
-    """Copy every local backup of an env that is missing or different off-site, verified;
-    never deletes anything (CARABASE_OFFSITE)."""
+    """Copy every local backup of an env that is missing off-site, verified; never
+    replaces or deletes anything there (CARABASE_OFFSITE)."""
     action = f"push {check_env(env)}"
     dest = offsite.require_destination(action)
     with os_errors_reported(action), stop_on_signal(f"{action} (copies under way were"

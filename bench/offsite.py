@@ -11,7 +11,7 @@ the run, and alternates, RUNS times each, into a fresh prefix every time:
   (a) rclone copy <tree>/dev s3:<bucket>/<prefix>/dev        (the bare copy)
   (b) invoke backup.push dev  with CARABASE_OFFSITE=s3:<bucket>/<prefix>
   (c) invoke backup.push dev  again, with everything already there: the fixed cost
-      (starting invoke, listing the remote) plus rclone comparing each file's md5
+      (starting invoke, listing the remote; nothing is copied or read again)
 
 (b) also lists the destination first (it must exist) and reads rclone's per-file
 verification from its log. Prints a Markdown table of medians (min-max); README.md

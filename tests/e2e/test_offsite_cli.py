@@ -155,44 +155,58 @@ def test_the_rclone_installed_with_the_project_has_the_iclouddrive_backend():
 # --- push ------------------------------------------------------------------------------
 
 
-def test_push_copies_what_is_missing_or_different_and_nothing_else(
-        s3_environ, backup_dir, remote, tmp_path, rclone_config):
+def test_push_copies_what_is_missing_and_nothing_else(s3_environ, backup_dir, remote,
+                                                      tmp_path, rclone_config):
     dev = backup_dir / "dev"
-    stamps = {"already": ago(3 * DAY), "different": ago(2 * DAY), "missing": ago(5 * HOUR),
-              "remote only": ago(20 * DAY)}
+    stamps = {"already": ago(3 * DAY), "missing": ago(5 * HOUR), "remote only": ago(20 * DAY)}
     already = random_backup(dev, stamps["already"])
-    different = random_backup(dev, stamps["different"])
     (dev / "notes.txt").write_text("mine")
     misfiled = dev / retention.date_dir_name(ago(9 * DAY)) / retention.backup_name(ago(DAY))
     misfiled.parent.mkdir()
     misfiled.write_bytes(b"a copy filed under another day")
+    (dev / retention.partial_name(ago(HOUR))).write_bytes(b"a backup being written")
     first = run_invoke("backup.push", "dev", env=s3_environ)
     assert first.returncode == 0, first.stderr
-    # Since then: a new local backup, a remote copy that was damaged, a backup that is
-    # only on the remote.
+    # Since then: a new local backup, and one that is only on the remote.
     missing = random_backup(dev, stamps["missing"])
     elsewhere = tmp_path / "elsewhere"
-    (elsewhere / relative(stamps["different"])).parent.mkdir(parents=True)
-    (elsewhere / relative(stamps["different"])).write_bytes(b"damaged")
     random_backup(elsewhere, stamps["remote only"])
     upload(elsewhere, f"{remote.dest}/dev", rclone_config)
 
     result = run_invoke("backup.push", "dev", env=s3_environ)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert {line.split()[3] for line in lines[:-1]} == \
-        {relative(stamps["different"]), relative(stamps["missing"])}
-    assert all(line.startswith("push dev: copied ") for line in lines[:-1])
-    assert lines[-1] == "push dev: 2 copied and verified (size and md5), 1 already off-site"
+    assert result.stdout.splitlines() == [
+        f"push dev: copied {relative(stamps['missing'])} (4.9 KiB, verified size and md5) to"
+        f" {remote.dest}/dev/{relative(stamps['missing'])}",
+        "push dev: 1 copied and verified (size and md5), 1 already off-site"]
     assert offsite_files(remote.root) == {f"dev/{relative(stamp)}" for stamp in stamps.values()}
-    for path in (already, different, missing):
+    for path in (already, missing):
         assert (remote.root / "dev" / path.relative_to(dev)).read_bytes() == path.read_bytes()
-    assert (remote.root / "dev" / relative(stamps["remote only"])).exists()  # never deletes
 
     again = run_invoke("backup.push", "dev", env=s3_environ)
     assert again.returncode == 0, again.stderr
-    assert again.stdout == f"push dev: nothing to copy: all 3 backups are already at" \
+    assert again.stdout == f"push dev: nothing to copy: all 2 backups are already at" \
         f" {remote.dest}/dev\n"
+
+
+def test_push_never_replaces_an_off_site_copy_that_differs(s3_environ, backup_dir, remote,
+                                                           tmp_path, rclone_config):
+    """A backup never changes once written: if the two differ, one is damaged (or the
+    local one encrypted by ransomware), and only a person can tell which."""
+    stamp, other = ago(2 * DAY), ago(HOUR)
+    random_backup(backup_dir / "dev", stamp)
+    random_backup(backup_dir / "dev", other)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / relative(stamp)).parent.mkdir(parents=True)
+    (elsewhere / relative(stamp)).write_bytes(b"the off-site copy")
+    upload(elsewhere, f"{remote.dest}/dev", rclone_config)
+    result = run_invoke("backup.push", "dev", env=s3_environ)
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"push dev failed for 1 of 2 backups (first: {relative(stamp)}: the off-site copy has"
+        " 17 bytes and this one 5000: not replaced (check both with backup.verify))")
+    assert (remote.root / "dev" / relative(stamp)).read_bytes() == b"the off-site copy"
+    assert (remote.root / "dev" / relative(other)).exists()  # the rest was copied
 
 
 def test_push_to_a_folder_remote(environ, backup_dir, folder_remote):

@@ -42,7 +42,7 @@ def test_push_copies_the_exact_files_listed_with_credentials_out_of_argv(
                                      for call in context.run.call_args_list]
     assert listing == "umask 077; /opt/rclone lsjson -R --files-only b2:bucket/carabase/dev"
     assert copy.startswith(f"umask 077; set -o pipefail; printf '%s\n' {RELATIVE}"
-                           " | /opt/rclone copy --files-from-raw - ")
+                           " | /opt/rclone copy --ignore-existing --files-from-raw - ")
     assert "--inplace" not in copy and "--ignore-checksum" not in copy
     assert copy.endswith(" '" + str(tmp_path) + "/it'\"'\"'s here/dev' b2:bucket/carabase/dev")
     assert "SECRET" not in listing + copy
