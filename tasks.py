@@ -4,9 +4,11 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
+    invoke backup.push prod                    copy prod's backups off-site (CARABASE_OFFSITE)
+    invoke backup.fetch prod latest|STAMP      download an off-site backup into the tree
     invoke backup.verify prod [--all]          authenticate + gzip-check backups, no plaintext
     invoke backup.drill prod [--file FILE]     restore into a scratch database, prove, drop
-    invoke backup.nightly prod                 what the schedule runs: backup, prune, drill, pings
+    invoke backup.nightly prod                 what the schedule runs: backup, push, prune, drill
     invoke backup.install-cron prod            run backup.nightly prod at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
 
@@ -14,10 +16,11 @@ This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/
 psql). What is not composing or running a command lives in `helpers/`: configuration
 (config), the backup tree (tree), retention and pruning (retention, prune), freshness,
 process control (process), the envelope (crypto), schedule files (install, launchd,
-systemd), verifying (verify), the drill's dump counts and judgement (dumpscan, drill),
-the nightly job's pings and log (notify, cronlog). Sections: composing commands, backup,
-restore, prune and status, schedule, verify and drill, nightly, the namespace. See
-README.md.
+systemd), off-site copies (offsite: rclone is run here, its output read there),
+verifying (verify), the drill's dump counts and judgement (dumpscan, drill), the nightly
+job's pings and log (notify, cronlog). Sections: composing commands, backup, restore,
+prune and status, off-site copies, schedule, verify and drill, nightly, the namespace.
+See README.md.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from pathlib import Path
 import invoke
 from invoke import Collection, Exit
 
-from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, progress,
-                     retention, schedule, systemd, verify)
+from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, offsite,
+                     progress, retention, schedule, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
@@ -195,22 +198,41 @@ def run_backup(c, env: str) -> Path:
     return final
 
 
+def backup_and_copy(c, env: str) -> None:
+    """run_backup, then with CARABASE_OFFSITE set (checked first) the new backup's copy
+    off-site. A failed copy leaves the local backup where it is and ends the task
+    non-zero, saying how to retry."""
+    dest = offsite.destination()
+    final = run_backup(c, env)
+    if dest is None:
+        return
+    stamp = retention.parse_backup_name(final.name)
+    action = f"backup {env}"
+    try:
+        push_backups(c, env, [(stamp, final)], action)
+    except UserError as error:
+        reason = error.message.removeprefix(f"{action} failed").lstrip(": ")
+        raise UserError(f"{action}: the off-site copy of {final} failed: {reason}; the local"
+                        f" backup is kept; retry with: invoke backup.push {env}",
+                        code=error.code) from None
+
+
 @task(name="dev")
 def backup_dev(c):
-    """One encrypted backup of the dev database."""
-    run_backup(c, "dev")
+    """One encrypted backup of the dev database (copied off-site if CARABASE_OFFSITE)."""
+    backup_and_copy(c, "dev")
 
 
 @task(name="staging")
 def backup_staging(c):
-    """One encrypted backup of the staging database."""
-    run_backup(c, "staging")
+    """One encrypted backup of the staging database (copied off-site if CARABASE_OFFSITE)."""
+    backup_and_copy(c, "staging")
 
 
 @task(name="prod")
 def backup_prod(c):
-    """One encrypted backup of the prod database."""
-    run_backup(c, "prod")
+    """One encrypted backup of the prod database (copied off-site if CARABASE_OFFSITE)."""
+    backup_and_copy(c, "prod")
 
 
 # --- restore --------------------------------------------------------------------------
@@ -372,28 +394,30 @@ def drop_database(c, target: Database) -> None:
 @task(help={"env": "dev, staging or prod",
             "dry-run": "print what would be kept and deleted; delete nothing"})
 def prune(c, env, dry_run=False):
-    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly."""
+    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly; then
+    the same to its off-site copies (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
     root = env_dir(env)  # checks env
     misplaced = not_a_directory(env)
     if misplaced:
         raise UserError(f"prune {env}: {misplaced}")
-    if not root.is_dir():
-        print(f"{env}: nothing to prune: {root} does not exist")
-        return
     with os_errors_reported(f"prune {env}"):
-        if dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
+        if not root.is_dir():
+            print(f"{env}: nothing to prune: {root} does not exist")
+        elif dry_run:  # deletes nothing, so it needs no lock and leaves partial files alone
             prune_backups(env, dry_run=True)
-            return
-        with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
-            remove_stale_partials(env)
-            prune_backups(env, dry_run=False)
+        else:
+            with env_lock(env, "prune"):  # no backup of env can start or finish meanwhile
+                remove_stale_partials(env)
+                prune_backups(env, dry_run=False)
+    prune_offsite(c, env, dry_run)
 
 
 @task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
 def status(c, json=False):
     """Freshness of every env in CARABASE_ENVS: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
-    reports = [freshness.freshness_of(env, now) for env in configured_envs()]
+    reports = [offsite.with_offsite(freshness.freshness_of(env, now), now)
+               for env in configured_envs()]
     worst = freshness.worst_status(reports)
     if json:
         print(freshness.status_json(worst, reports))
@@ -402,6 +426,230 @@ def status(c, json=False):
             print(report.line())
     if freshness.SEVERITY[worst]:
         raise Exit(code=freshness.SEVERITY[worst])
+
+
+# --- off-site copies ------------------------------------------------------------------
+
+# rclone logs one JSON object a line on stderr: for each file it copies, what it checked
+# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG) and "Copied (...)"; an
+# error line for each file that failed; and no transfer statistics.
+RCLONE_LOG = ("--use-json-log", "--log-level", "DEBUG", "--stats", "0")
+
+
+def rclone_program(c) -> Path:
+    """The rclone to run (helpers.offsite.choose_rclone): asks a PATH rclone its version."""
+    bundled = offsite.bundled_rclone()
+    on_path = offsite.rclone_on_path()
+    if on_path is None or on_path == bundled:
+        return offsite.choose_rclone(bundled, "", on_path, None)
+    probe = c.run(quoted(on_path, "version"), hide=True, warn=True, in_stream=False)
+    return offsite.choose_rclone(bundled, offsite.bundled_version(), on_path,
+                                 probe.stdout if probe.ok else None)
+
+
+def run_rclone(c, program: Path, *args: object, paths: list[str] | None = None):
+    """rclone with `args`, `paths` on its standard input (for --files-from-raw -).
+    Credentials reach it only through its environment or its config file. umask 077:
+    what it creates on a folder remote, or in the local tree, is private (0600/0700)."""
+    command = quoted(program, *args)
+    if paths is not None:
+        command = pipeline(quoted("printf", "%s\n", *paths), command)
+    return c.run("umask 077; " + command, env=offsite.rclone_environment(), hide=True, warn=True,
+                 in_stream=False)
+
+
+def rclone_failure(result) -> str:
+    return offsite.explain_failure(result.stderr, result.exited)
+
+
+def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
+                   action: str) -> list[offsite.RemoteBackup]:
+    """The env's backups on the remote (lsjson), oldest first. The destination itself
+    must exist: a missing bucket, or a NAS that is not mounted, is an error, never
+    something to create."""
+    # No --hash: on SFTP or WebDAV that would read every file on the server.
+    listing = run_rclone(c, program, "lsjson", "-R", "--files-only", dest.env_root(env))
+    if listing.ok:
+        return offsite.parse_listing(listing.stdout)
+    if listing.exited == 3:  # directory not found: the env's, or the destination's?
+        root = run_rclone(c, program, "lsf", "--dirs-only", "--max-depth", "1", dest.text)
+        if root.ok:
+            return []
+        if root.exited == 3:
+            raise UserError(f"{action} failed: {dest.text} does not exist: create the bucket"
+                            " or folder (nothing is created above <env>/), or fix"
+                            " CARABASE_OFFSITE")
+        listing = root
+    raise UserError(f"{action} failed: {rclone_failure(listing)}")
+
+
+def push_backups(c, env: str, backups: list, action: str) -> int:
+    """Copy `backups` ((stamp, path), oldest first) that are missing off-site, each
+    verified; record the newest one off-site; the number copied.
+
+    Nothing off-site is ever replaced: a backup never changes once written, so a remote
+    copy of another size means one of the two is damaged (or, locally, encrypted by
+    ransomware), and overwriting could destroy the good one. Such a file is reported as
+    failed and left alone. rclone uploads each missing file so that it never appears
+    incomplete under its name (a single S3 PUT or a completed multipart upload; on a
+    folder, a .partial file renamed into place: no --inplace here), and after each
+    upload checks the remote's size and hash against the local file's. Its log says
+    what it checked, file by file; a copy whose size check is not there counts as
+    failed."""
+    dest = offsite.require_destination(action)
+    program = rclone_program(c)
+    remote = {backup.relative: backup
+              for backup in remote_backups(c, program, dest, env, action)}
+    sizes = {offsite.relative_path(stamp): path.stat().st_size for stamp, path in backups}
+    failed = {path: f"the off-site copy has {remote[path].size} bytes and this one"
+                    f" {size}: not replaced (check both with backup.verify)"
+              for path, size in sizes.items() if path in remote and remote[path].size != size}
+    missing = [path for path in sizes if path not in remote]
+    copied: list[str] = []
+    hashes: set[str] = set()
+    if missing:
+        # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
+        copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
+                          *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
+        copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
+        # An error that a later attempt (rclone --retries) made good is no failure.
+        errors = {path: reason for path, reason in offsite.failed_objects(copy.stderr).items()
+                  if path in sizes and path not in copied}
+        if not copy.ok and not errors:
+            raise UserError(f"{action} failed: {rclone_failure(copy)}")
+        failed.update(errors)
+        checked = offsite.verified_objects(copy.stderr)
+        for path in copied:
+            done = checked.get(path, set())
+            if "size" not in done:
+                failed.setdefault(path, "rclone did not confirm the size of the copy")
+                continue
+            kinds = sorted(done - {"size"})
+            hashes.update(kinds)
+            how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
+            print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])}, verified"
+                  f" {how}) to {dest.backup_path(env, path)}")
+        for path in missing:
+            if path not in copied and path not in failed:
+                failed[path] = "rclone did not copy it"
+    for path, reason in sorted(failed.items()):
+        print(f"{action}: FAILED {path}: {offsite.explain_failure(reason, 1)}")
+    safe = [stamp for stamp, _ in backups if offsite.relative_path(stamp) not in failed]
+    if safe:
+        offsite.write_record(env, dest, max(safe), datetime.now(timezone.utc))
+    if failed:
+        first, reason = sorted(failed.items())[0]
+        raise UserError(f"{action} failed for {len(failed)} of {len(backups)} backups"
+                        f" (first: {first}: {offsite.explain_failure(reason, 1)})")
+    if copied:
+        how = "size and " + "/".join(sorted(hashes)) if hashes else "size only"
+        print(f"{action}: {len(copied)} copied and verified ({how}),"
+              f" {len(backups) - len(copied)} already off-site")
+    return len(copied)
+
+
+@task(help={"env": "dev, staging or prod"})
+def push(c, env):
+    """Copy every local backup of an env that is missing off-site, verified; never
+    replaces or deletes anything there (CARABASE_OFFSITE)."""
+    action = f"push {check_env(env)}"
+    dest = offsite.require_destination(action)
+    with os_errors_reported(action), stop_on_signal(f"{action} (copies under way were"
+                                                    " abandoned)"):
+        backups = list_backups(env)
+        if not backups:
+            print(f"{action}: no local backups to copy")
+            return
+        copied = push_backups(c, env, backups, action)
+    if not copied:
+        print(f"{action}: nothing to copy: all {len(backups)} backups are already at"
+              f" {dest.env_root(env)}")
+
+
+def prune_offsite(c, env: str, dry_run: bool) -> None:
+    """The retention plan applied to the remote's own listing: deletes only backup names
+    in their date directories, never anything else there."""
+    dest = offsite.destination()
+    if dest is None:
+        return
+    action = f"prune {env} off-site"
+    if not offsite.prune_remote():
+        print(f"{env} off-site: CARABASE_OFFSITE_PRUNE=0: nothing deleted at"
+              f" {dest.env_root(env)} (the bucket's own rules decide)")
+        return
+    program = rclone_program(c)
+    backups = remote_backups(c, program, dest, env, action)
+    if not backups:
+        print(f"{env} off-site: no backups at {dest.env_root(env)}, nothing to prune")
+        return
+    decided = retention.plan([backup.stamp for backup in backups], datetime.now(timezone.utc))
+    doomed = [backup.relative for backup in backups if backup.stamp in decided.delete]
+    if doomed and not dry_run:
+        deleted = run_rclone(c, program, "delete", "--files-from-raw", "-", *RCLONE_LOG,
+                             dest.env_root(env), paths=doomed)
+        if not deleted.ok:
+            raise UserError(f"{action} failed: {rclone_failure(deleted)}; with append-only"
+                            " credentials, set CARABASE_OFFSITE_PRUNE=0")
+        for day in sorted({path.split("/")[0] for path in doomed}):
+            # Folders only (object stores have no empty directories); fails, harmlessly,
+            # where anything is left in it.
+            run_rclone(c, program, "rmdir", dest.backup_path(env, day))
+    print(f"{env} off-site: {dest.env_root(env)}")
+    for line in offsite.prune_report(env, backups, decided, dry_run):
+        print(line)
+
+
+@task(help={"env": "dev, staging or prod",
+            "which": "latest, or a backup's stamp: 2026-04-09T031700"})
+def fetch(c, env, which):
+    """Download an off-site backup into the local tree (verified, never overwriting) and
+    print its path, for backup.restore."""
+    action = f"fetch {check_env(env)}"
+    dest = offsite.require_destination(action)
+    program = rclone_program(c)
+    backups = remote_backups(c, program, dest, env, action)
+    chosen = offsite.choose_backup(backups, which)
+    if chosen is None:
+        newest = f" (newest: {backups[-1].relative})" if backups else ""
+        raise UserError(f"{action}: no backup {which!r} at {dest.env_root(env)}{newest}")
+    final = env_dir(env) / chosen.relative
+    if final.exists():
+        if final.stat().st_size != chosen.size:
+            raise UserError(f"{action}: {final} exists and differs from the off-site copy;"
+                            " not overwritten (move it aside to fetch this one)")
+        print(final)
+        return
+    with os_errors_reported(action), stop_on_signal(f"{action} (nothing was kept)"), \
+            env_lock(env, action):
+        day = ensure_private_dir(final.parent)
+        partial = day / retention.partial_name(chosen.stamp)
+        try:
+            # Into our own temporary name (hence --inplace: no second temporary name
+            # that a killed fetch would leave), renamed once verified.
+            result = run_rclone(c, program, "copyto", "--inplace",
+                                dest.backup_path(env, chosen.relative), partial)
+            if not result.ok:
+                raise UserError(f"{action} failed: {rclone_failure(result)}")
+            partial.chmod(0o600)
+            size = partial.stat().st_size
+            if size != chosen.size:
+                raise UserError(f"{action} failed: got {size} bytes of {chosen.size}")
+            # rclone checked the download's size and hash already; check the hash the
+            # remote reports for this one file once more, with our own eyes.
+            stat = run_rclone(c, program, "lsjson", "--stat", "--hash",
+                              dest.backup_path(env, chosen.relative))
+            if not stat.ok:
+                raise UserError(f"{action} failed: {rclone_failure(stat)}")
+            expected = offsite.comparable_hash(json.loads(stat.stdout).get("Hashes") or {})
+            if expected and offsite.file_hash(partial, expected[0]) != expected[1]:
+                raise UserError(f"{action} failed: the download's {expected[0]} does not"
+                                " match the remote's")
+            publish(partial, final, action)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            remove_if_empty(day)
+            raise
+    print(final)
 
 
 # --- schedule -------------------------------------------------------------------------
@@ -564,12 +812,10 @@ def uninstall_cron(c, env, platform=None, dry_run=False):
 def verify_backups(c, env, all=False, offsite=False):
     """Authenticate backups and check their gzip streams: OK or DAMAGED, one line each."""
     action = f"verify {check_env(env)}"
-    if offsite:
-        if not os.environ.get("CARABASE_OFFSITE"):
-            raise UserError(f"{action} --offsite: needs CARABASE_OFFSITE, the rclone"
-                            " destination of the off-site copies")
-        raise UserError(f"{action} --offsite: this version cannot read off-site copies yet")
     key = require_key()
+    if offsite:  # (the flag; the module is helpers.offsite)
+        verify_offsite_copies(c, env, all, f"{action} --offsite")
+        return
     with os_errors_reported(action):
         backups = [path for _, path in list_backups(env)]
     if not backups:
@@ -585,6 +831,42 @@ def verify_backups(c, env, all=False, offsite=False):
         print(f"DAMAGED {path}: {reason}" if reason else f"OK {path}", flush=True)
     if damaged:
         raise UserError(f"{action}: {damaged} of {len(checked)} backups damaged")
+
+
+def verify_offsite_copies(c, env: str, every: bool, action: str) -> None:
+    """verify, on the off-site copies: `rclone cat <copy> | python -m helpers.verify`,
+    streamed from the remote, so that nothing but ciphertext is ever written here."""
+    if not os.environ.get("CARABASE_OFFSITE"):
+        raise UserError(f"{action}: needs CARABASE_OFFSITE, the rclone destination of the"
+                        " off-site copies")
+    dest = offsite.require_destination(action)
+    program = rclone_program(c)
+    backups = remote_backups(c, program, dest, env, action)
+    if not backups:
+        raise UserError(f"{action}: no backups of {env} in {dest.env_root(env)}")
+    checked = backups if every else backups[-1:]
+    damaged = 0
+    for backup in checked:
+        remote = dest.backup_path(env, backup.relative)
+        result = c.run("umask 077; " + pipeline(quoted(program, "cat", remote),
+                                                helper_command("verify")),
+                       env=child_env(offsite.rclone_environment()), hide=True, warn=True,
+                       in_stream=False)
+        reason = None
+        if not result.ok:
+            said = [line for line in result.stderr.splitlines() if line.startswith("verify: ")]
+            rclone_said = [line for line in result.stderr.splitlines()
+                           if line.strip() and not line.startswith("verify: ")]
+            if rclone_said:  # the copy could not be read: not the same as damaged
+                reason = f"cannot read it: {rclone_failure(result)}"
+            else:
+                reason = said[-1].removeprefix("verify: ") if said else \
+                    f"exit status {result.exited}"
+        damaged += reason is not None
+        print(f"DAMAGED {remote}: {reason}" if reason else f"OK {remote}", flush=True)
+    if damaged:
+        raise UserError(f"{action}: {damaged} of {len(checked)} off-site copies damaged or"
+                        " unreadable")
 
 
 def verify_file(key: bytes, path: Path, sink=None) -> str | None:
@@ -805,9 +1087,9 @@ def nightly_steps(c, env: str) -> list[tuple[str, Callable[[], object] | None]]:
     """What `nightly` runs, in order; a step that is None is skipped tonight."""
     return [
         ("backup", lambda: run_backup(c, env)),
-        # Hook (issue 12): the off-site copy, when CARABASE_OFFSITE is set, e.g.
-        #   (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None
-        ("off-site copy", None),
+        # backup.<env> copied its new backup already; push catches up any earlier copy
+        # that failed (a night the remote was down), and records the newest off-site.
+        ("off-site copy", (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None),
         ("prune", lambda: prune(c, env)),
         ("drill", lambda: drill_if_due(c, env)),
     ]
@@ -883,5 +1165,5 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron, verify_backups, restore_drill, nightly):
+              uninstall_cron, push, fetch, verify_backups, restore_drill, nightly):
     backup_tasks.add_task(_task)

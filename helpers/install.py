@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import crypto, drill, launchd, notify, schedule, systemd
+from helpers import crypto, drill, launchd, notify, offsite, schedule, systemd
 from helpers.config import backup_root, database, drill_database, env_dir, lock_wait_timeout
 from helpers.errors import UserError
 from helpers.tree import ensure_private_dir
@@ -97,6 +97,7 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
         if os.environ.get(setting):
             variables[setting] = os.environ[setting]
     variables.update(drill_variables(drill_schedule, action))
+    variables.update(offsite.schedule_variables(action))  # the rclone config's path only
 
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
@@ -118,7 +119,8 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
         "log_path": str(schedule_log(env)),
         # pigz too, when it lives elsewhere (Homebrew): else the job quietly uses gzip.
         "path": schedule.job_path(*(os.path.dirname(os.path.abspath(tool))
-                                    for tool in (pg_dump, shutil.which("pigz")) if tool)),
+                                    for tool in (pg_dump, shutil.which("pigz"),
+                                                 shutil.which("rclone")) if tool)),
         "variables": variables,
     }
 
@@ -213,6 +215,9 @@ def warn_if_macos_protected(inputs: dict) -> None:
     variables = inputs["variables"]
     paths = [inputs["repo"], inputs["backup_dir"], variables["HOST_MASTER_KEY_FILE"],
              *filter(None, [variables.get("CARABASE_NOTIFY_URL_FILE")])]
+    # An off-site folder (iCloud Drive's, say) and the rclone config are read by the job too.
+    paths += [variables[name] for name in ("CARABASE_OFFSITE", "RCLONE_CONFIG")
+              if variables.get(name, "").startswith("/")]
     for path in paths:
         for folder in MACOS_PROTECTED:
             if Path(path).is_relative_to(home / folder):

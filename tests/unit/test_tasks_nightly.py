@@ -26,6 +26,12 @@ def test_the_steps_are_backup_offsite_prune_drill_with_the_unbuilt_ones_as_hooks
     assert [name for name, step in steps if step is None] == ["off-site copy"]
 
 
+def test_with_off_site_copies_configured_the_night_pushes(monkeypatch):
+    monkeypatch.setenv("CARABASE_OFFSITE", "/mnt/nas/carabase")
+    steps = dict(tasks.nightly_steps(Context(), "dev"))
+    assert steps["off-site copy"] is not None
+
+
 def stand_in_steps(monkeypatch, ran: list[str], failing: str | None = None,
                    error: Exception | None = None):
     def step(name):
