@@ -21,6 +21,18 @@ def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
                if stage and line.startswith(stage + " detail:")]
     if details:
         cause += " (" + "; ".join(details) + ")"
+    # The server's own DETAIL and HINT lines follow psql's ERROR line: the HINT often is
+    # the fix ("You might need to increase max_locks_per_transaction").
+    if cause in lines:
+        following = lines[lines.index(cause) + 1:]
+        for line in following:
+            if not line.startswith(("DETAIL:", "HINT:")):
+                break
+            cause += " " + line
+    missing = next((line for line in lines if line.endswith("command not found")), None)
+    if missing is not None:
+        program = missing.rsplit(":", 2)[-2].strip()
+        return f"{program} is not installed or not on PATH ({missing})"
     if "server version mismatch" in stderr:
         versions = next((line for line in lines if "server version:" in line), "")
         detail = versions.split("detail:", 1)[-1].strip()
