@@ -11,6 +11,11 @@ STAGE_PREFIXES = ("encrypt:", "decrypt:", "gzip:", "pigz:", "psql:", "pg_dump:")
 
 def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # The server's notices ("table ... does not exist, skipping") are never the cause.
+    notices = [line for line in lines if any(f": {level}:  " in line for level in
+                                             ("NOTICE", "WARNING", "INFO", "LOG", "DEBUG"))]
+    if len(notices) < len(lines):
+        lines = [line for line in lines if line not in notices]
     stage, cause = next(
         ((prefix, line) for prefix in STAGE_PREFIXES for line in lines
          if line.startswith(prefix) and ": detail:" not in line),
