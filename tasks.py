@@ -253,8 +253,8 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     if not source.is_file():
         raise UserError(f"{action}: {source} is not a file")
     key = require_key()
-    target = guard_env(c, env, i_know, action)
     require_programs(action)
+    target = guard_env(c, env, i_know, action)
     server = maintenance_of(target)
 
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
@@ -381,14 +381,19 @@ def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
 
 def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
+    Only for a database that a later synchronous commit makes durable (the swap).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
     command = pipeline(dump_stream(plaintext, facts, action),
                        psql_command(db, "--file", "-") + " > /dev/null")
-    result = c.run(command, env=child_env(db.child_env()), hide=True, warn=True,
-                   in_stream=False)
+    # Each statement commits without waiting for its WAL to reach the disk: safe, because
+    # the swap's own COMMIT waits for all WAL written before it, this database's included.
+    options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
+                                     "-c synchronous_commit=off"]))
+    result = c.run(command, env=child_env({**db.child_env(), "PGOPTIONS": options}),
+                   hide=True, warn=True, in_stream=False)
     if not result.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
 
@@ -467,8 +472,9 @@ def apply_in_place(c, plaintext: Path, facts: DumpFacts, target: Database,
 def undo_restore(c, env, yes=False, i_know=False):
     """Swap back the database the last restore replaced (kept as its undo copy)."""
     action = f"undo-restore {env}"
-    target = guard_env(c, env, i_know, action)
+    check_env(env)
     require_programs(action)
+    target = guard_env(c, env, i_know, action)
     server = maintenance_of(target)
     undo = swap.undo_name(target.name)
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
