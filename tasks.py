@@ -262,7 +262,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         facts = decrypt_and_check(key, source, plaintext, action)
         identity = database_identity(c, server, target.name, action)
         if not in_place:
-            refuse_without_createdb(c, server, target, action)
+            refuse_without_createdb(c, server, target, identity, action)
         confirm_restore(source, env, target, yes, action, count_sessions(c, server, target.name),
                         in_place=in_place)
         started = time.monotonic()
@@ -344,14 +344,25 @@ def count_sessions(c, server: Database, name: str) -> int:
     return int(result.stdout.strip()) if result.ok and result.stdout.strip().isdigit() else 0
 
 
-def refuse_without_createdb(c, server: Database, target: Database, action: str) -> None:
-    result = run_sql(c, server, "select rolcreatedb or rolsuper from pg_roles"
-                                " where rolname = current_user")
-    if result.ok and result.stdout.strip() == "f":
+def refuse_without_createdb(c, server: Database, target: Database,
+                            identity: swap.DatabaseIdentity | None, action: str) -> None:
+    """Before anything is built: the role must create databases, and rename the target
+    (own it), or the restore would fail only at the swap."""
+    result = run_sql(c, server, "select rolcreatedb or rolsuper, rolsuper or case when"
+                                " :'owner' = '' then true else pg_has_role(:'owner', 'MEMBER')"
+                                " end from pg_roles where rolname = current_user",
+                     owner=identity.owner if identity else "")
+    creates, owns = [*result.stdout.strip().split("|"), "", ""][:2]
+    if result.ok and creates == "f":
         raise UserError(f"{action} refused: the role of {target.variable} may not create"
                         " databases, and a restore builds a fresh one; grant it CREATEDB, or"
                         " pass --in-place to apply inside the existing database in one"
                         " transaction (see its limits in README.md)")
+    if result.ok and identity is not None and owns == "f":
+        raise UserError(f"{action} refused: the role of {target.variable} does not own"
+                        f" {target.name} (its owner is {identity.owner}), and a restore renames"
+                        " it to keep it as the undo copy; connect as its owner, or pass"
+                        " --in-place (see its limits in README.md)")
 
 
 def create_fresh_database(c, server: Database, name: str,

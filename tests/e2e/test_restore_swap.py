@@ -289,13 +289,17 @@ def test_sigkill_during_the_apply_leaves_the_target_and_the_next_restore_cleans_
 
 
 def test_sigkill_while_the_swap_waits_commits_nothing(
-        pg, dev_environ, source_db, database_factory):
-    backup = take_backup(dev_environ)
+        pg, dev_environ, source_db, database_factory, master_key, tmp_path):
+    backup = seal_backup(tmp_path / "2026-02-04T031700.sql.gz.enc", gzip.compress(
+        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
     pg.psql(source_db, "update item set name = 'live'")
     before = snapshot(pg, source_db)
-    database_factory.adopt(swap.restoring_name(source_db))
-    # Another session renames the target and back in an open transaction: it holds the
-    # lock the swap's own rename needs, so the swap waits, inside its transaction.
+    restoring = swap.restoring_name(source_db)
+    database_factory.adopt(restoring)
+    killed = start_invoke("backup.restore", "dev", str(backup), "--yes", env=dev_environ)
+    wait_for(lambda: query_waiting(pg, restoring, "%pg_sleep%"), "the apply to be under way")
+    # Meanwhile another session renames the target and back in an open transaction: it
+    # holds the lock the swap's own rename needs, so the swap waits, inside its transaction.
     blocker = subprocess.Popen(["psql", "-X", "-q", "-d", "postgres"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, **pg.libpq_env()})
@@ -304,8 +308,9 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
                             f' alter database "{source_db}_x" rename to "{source_db}";\n'
                             .encode())
         blocker.stdin.flush()
-        killed = start_invoke("backup.restore", "dev", str(backup), "--yes", env=dev_environ)
-        wait_for(lambda: query_waiting(pg, "postgres", "ALTER DATABASE%RENAME%"),
+        wait_for(lambda: query_waiting(pg, "postgres", "ALTER DATABASE%RENAME%")
+                 and pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                         " wait_event_type = 'Lock'").strip() != "0",
                  "the swap to wait for the lock")
         os.kill(killed.pid, signal.SIGKILL)
         killed.communicate(timeout=30)
@@ -314,14 +319,13 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
         blocker.wait(timeout=30)
     finally:
         blocker.kill()
-    wait_for(lambda: not query_waiting(pg, "postgres", "ALTER DATABASE%RENAME%"),
-             "the swap's psql to finish")
-
+    # The swap's psql gets its lock now, then finds the end of its script: no COMMIT.
     wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
                                          " application_name = 'carabase-backup'").strip() == "0",
              "the orphaned psql to end")
+
     assert snapshot(pg, source_db) == before
-    assert swap.undo_name(source_db) not in databases_like(pg, source_db)
+    assert databases_like(pg, source_db) == [source_db, restoring]  # left for the next one
 
 
 def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, source_db,
@@ -414,3 +418,25 @@ def test_unusable_tmpdir_is_refused_naming_it(dev_environ, tmp_path):
 
     assert result.returncode != 0
     assert f"TMPDIR={missing} does not exist" in result.stderr
+
+
+def test_role_that_does_not_own_the_target_is_refused_before_anything_is_built(
+        pg, dev_environ, source_db):
+    backup = take_backup(dev_environ)
+    pg.psql("postgres", """
+        do $$ begin
+          if not exists (select from pg_roles where rolname = 'carabase_creator') then
+            create role carabase_creator login createdb;
+          end if;
+        end $$;
+    """)
+    before = snapshot(pg, source_db)
+    creator = PgServer(pg.host, pg.port, "carabase_creator", pg.password)
+
+    result = restore({**dev_environ, "CARABASE_DEV_DATABASE_URL": creator.url(source_db)},
+                     "dev", backup)
+
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not own" in result.stderr and "its owner is postgres" in result.stderr
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db]
