@@ -43,5 +43,5 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     db = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
     context = MockContext(run=Result(stdout="f|t\n"))
 
-    with pytest.raises(UserError, match="may not create databases.*--in-place"):
+    with pytest.raises(UserError, match=r"may not create databases.*--in-place"):
         tasks.refuse_without_createdb(context, db.on_database("postgres"), db, None, "restore")
