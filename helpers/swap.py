@@ -32,8 +32,8 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(text: str) -> str:
-    """A string literal. The swap scripts set standard_conforming_strings = on first, so
-    a backslash is an ordinary character."""
+    """A string literal, for standard_conforming_strings = on (the default since
+    PostgreSQL 9.1, and set by the swap script): a backslash is an ordinary character."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -284,11 +284,6 @@ def undo_swap_sql(target: str, undo: str, spare: str) -> list[str]:
         f"ALTER DATABASE {quote_ident(undo)} RENAME TO {quote_ident(target)};",
         f"ALTER DATABASE {quote_ident(spare)} RENAME TO {quote_ident(undo)};",
     ]
-
-
-def drop_database_sql(name: str) -> str:
-    """FORCE: an orphaned psql of a killed restore may still be connected to it."""
-    return f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);"
 
 
 # --- --in-place -----------------------------------------------------------------------
