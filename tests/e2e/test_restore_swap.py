@@ -290,6 +290,7 @@ def test_sigkill_during_the_apply_leaves_the_target_and_the_next_restore_cleans_
 
 def test_sigkill_while_the_swap_waits_commits_nothing(
         pg, dev_environ, source_db, database_factory, master_key, tmp_path):
+    good = take_backup(dev_environ)
     backup = seal_backup(tmp_path / "2026-02-04T031700.sql.gz.enc", gzip.compress(
         b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
     pg.psql(source_db, "update item set name = 'live'")
@@ -326,6 +327,11 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
 
     assert snapshot(pg, source_db) == before
     assert databases_like(pg, source_db) == [source_db, restoring]  # left for the next one
+    database_factory.adopt(swap.undo_name(source_db))
+    after = restore(dev_environ, "dev", good)
+    assert after.returncode == 0, after.stderr
+    assert databases_like(pg, source_db) == [source_db, swap.undo_name(source_db)]
+    assert snapshot(pg, swap.undo_name(source_db)) == before
 
 
 def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, source_db,
