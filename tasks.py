@@ -4,6 +4,7 @@
     invoke backup.prune prod [--dry-run]       apply retention to prod's backups
     invoke backup.status [--json]              freshness of every env
     invoke backup.restore dev FILE [--yes]     restore a backup into dev's database
+    invoke backup.undo-restore dev [--yes]     swap back what the last restore replaced
     invoke backup.push prod                    copy prod's backups off-site (CARABASE_OFFSITE)
     invoke backup.fetch prod latest|STAMP      download an off-site backup into the tree
     invoke backup.verify prod [--all]          authenticate + gzip-check backups, no plaintext
@@ -39,7 +40,7 @@ import invoke
 from invoke import Collection, Exit
 
 from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, offsite,
-                     progress, retention, schedule, systemd, verify)
+                     progress, retention, schedule, swap, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
@@ -47,7 +48,9 @@ from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
 from helpers.process import env_lock, on_lifeline, stop_on_signal, watching_terminal
 from helpers.prune import prune_backups
-from helpers.restore import confirm_restore, decrypt_file, private_tempfile
+from helpers.restore import (DamagedBackup, DumpFacts, ask, confirm_restore, decrypt_and_check,
+                             open_fifo_writer, private_tempdir, private_tempfile,
+                             restore_lock, sessions_phrase)
 from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
                           os_errors_reported, publish, remove_if_empty, remove_stale_partials)
 
@@ -111,14 +114,6 @@ def compressor() -> str:
     return f"gzip {level}"
 
 
-def gzip_check(path: Path) -> str:
-    """A command that fails unless `path` holds an intact gzip stream. pigz -t takes half
-    the time of gzip -t; its -v makes it refuse trailing junk, as gzip -t does."""
-    if compression_program() == "pigz":
-        return quoted("pigz", "-t", "-v", path)
-    return quoted("gzip", "-t", path)
-
-
 def progress_stage(label: str, total: int | None = None) -> str | None:
     """A pass-through stage that draws a live progress line on the watching terminal,
     or None when nobody watches. It draws on the terminal itself, not on its stderr,
@@ -138,13 +133,13 @@ def failure(result, db: Database) -> str:
 
 # --- backup ---------------------------------------------------------------------------
 
-# Plain SQL that re-applies over an existing database of any env, on any machine:
-# DROP ... IF EXISTS before each CREATE, no owners, grants or tablespaces from the source,
-# and no subscriptions (restoring prod's into dev would start pulling prod's changes).
+# Plain SQL that builds the database in an empty one, on any machine (a pure create
+# script: restore applies it to a fresh database, then swaps that in): no owners, grants
+# or tablespaces from the source, and no subscriptions (restoring prod's into dev would
+# start pulling prod's changes). Older backups were made with --clean --if-exists; restore
+# leaves their DROP block out (helpers/clean_section.py).
 PG_DUMP_OPTIONS = (
     "--format=plain",
-    "--clean",
-    "--if-exists",
     "--no-owner",
     "--no-privileges",
     "--no-tablespaces",
@@ -236,6 +231,40 @@ def backup_prod(c):
 
 
 # --- restore --------------------------------------------------------------------------
+#
+# A restore never applies a dump over the env's database. It builds a fresh database
+# beside it (`<target>__carabase_restoring`), applies the dump there, and then one
+# transaction, committed by this process only, renames the target to its undo copy
+# (`<target>__carabase_undo`) and the fresh database to the target's name. Killed at any
+# moment before that COMMIT, the target is untouched; the next restore of the env drops
+# whatever was left half-built. The names and the SQL are in helpers/swap.py.
+
+
+RESTORE_PROGRAMS = {"psql": "install the PostgreSQL client tools", "gzip": "install gzip"}
+
+
+def require_programs(action: str) -> None:
+    """psql (and gzip, where ISA-L does not load) on PATH, or one line naming the missing
+    one (a shell's `command not found` would otherwise read as a damaged backup or a bad
+    URL)."""
+    for program, fix in RESTORE_PROGRAMS.items():
+        if program == "gzip" and isal_loads():
+            continue
+        if shutil.which(program) is None:
+            raise UserError(f"{action}: {program} is not installed or not on PATH ({fix})")
+
+
+def guard_env(c, env: str, i_know: bool, action: str) -> Database:
+    """The env's database, once the prod guardrails let `action` at it."""
+    check_env(env)
+    i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
+    if env == "prod" and not i_know:
+        raise UserError(f"{action} refused: touching prod's database needs --i-know"
+                        " (or CARABASE_I_KNOW=1)")
+    target = database(env)
+    if env != "prod":
+        refuse_if_reaches_prod(c, target, action)
+    return target
 
 
 @task(
@@ -244,10 +273,13 @@ def backup_prod(c):
         "file": "the .sql.gz.enc backup to restore",
         "yes": "do not ask for confirmation",
         "i-know": "required to restore into prod (or CARABASE_I_KNOW=1)",
+        "no-keep": "drop the replaced database at once instead of keeping it for undo",
+        "in-place": "for a role that may not create databases: apply inside the existing"
+                    " database, in one transaction (see README for its limits)",
     }
 )
-def restore(c, env, file, yes=False, i_know=False):
-    """Restore a backup into an env's database, in one transaction."""
+def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False):
+    """Restore a backup into an env's database: build it fresh, then swap it in."""
     action = f"restore into {env}"
     check_env(env)
     source = user_path(file)
@@ -256,56 +288,275 @@ def restore(c, env, file, yes=False, i_know=False):
     if not source.is_file():
         raise UserError(f"{action}: {source} is not a file")
     key = require_key()
-    i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
-    if env == "prod" and not i_know:
-        raise UserError(f"{action} refused: restoring into prod needs --i-know"
-                        " (or CARABASE_I_KNOW=1)")
-    target = database(env)
-    if env != "prod":
-        refuse_if_reaches_prod(c, target, action)
+    require_programs(action)
+    target = guard_env(c, env, i_know, action)
+    server = maintenance_of(target)
 
-    with stop_on_signal(f"{action} (nothing was changed)"), private_tempfile() as plaintext:
-        decrypt_file(key, source, plaintext, action)
-        check = c.run(gzip_check(plaintext), hide=True, warn=True, in_stream=False)
-        if not check.ok:
-            raise UserError(f"{action} refused: {source.name} decrypts but its gzip stream"
-                            " is damaged")
-        confirm_restore(source, env, target, yes, action)
+    with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
+            os_errors_reported(action), private_tempfile() as plaintext:
+        facts = decrypt_and_check(key, source, plaintext, action)
+        identity = database_identity(c, server, target.name, action)
+        if not in_place:
+            refuse_without_createdb(c, server, target, identity, action)
+        confirm_restore(source, env, target, yes, action, count_sessions(c, server, target.name),
+                        in_place=in_place)
         started = time.monotonic()
-        apply_backup(c, plaintext, target, action)
+        if in_place:
+            apply_in_place(c, plaintext, facts, target, identity, action)
+        else:
+            replace_database(c, plaintext, facts, target, identity, no_keep, action)
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+    if in_place:
+        print(f"{action}: applied in place: there is no undo copy")
+    elif identity is None:
+        print(f"{action}: {target.name} did not exist before: there is nothing to undo")
+    elif no_keep:
+        print(f"{action}: the replaced database was dropped (--no-keep): there is nothing"
+              " to undo")
+    else:
+        print(f"{action}: the replaced database is kept as {swap.undo_name(target.name)}"
+              f" ({progress.human_bytes(identity.size)}); to put it back: invoke"
+              f" backup.undo-restore {env}{' --i-know' if env == 'prod' else ''}")
 
 
-def apply_backup(c, plaintext: Path, target: Database, action: str) -> None:
-    """Apply the dump in one transaction; on any failure the target is as it was."""
-    created = create_database_if_missing(c, target, action)
+def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
+                     identity: swap.DatabaseIdentity | None, no_keep: bool,
+                     action: str) -> None:
+    """Build the backup into a fresh database, then swap it in for `target`."""
+    server = maintenance_of(target)
+    fresh = target.on_database(swap.restoring_name(target.name))
+    undo = swap.undo_name(target.name) if identity is not None else None
+    drop_database(c, fresh)  # what a killed restore left half-built
+    create_fresh_database(c, server, fresh.name, identity, action)
     try:
-        # With a person watching, a progress stage feeds gzip from the file, so that its
-        # percentage is of the backup itself (gzip and psql keep pace through the pipes).
-        # gzip even when pigz is installed: psql sets the pace here, and pigz -dc was
-        # measured no faster (its threads compete with psql and the server for the cores).
-        watch = progress_stage(f"{action}: read", total=plaintext.stat().st_size)
-        if watch:
-            decompress = f"{watch} < {quoted(plaintext)} | gzip -dc"
+        apply_dump(c, plaintext, facts, fresh, action)
+        if undo is not None:
+            drop_database(c, target.on_database(undo))  # the previous restore's copy
+        result = rename_databases(c, server, swap.swap_sql(target.name, fresh.name, undo,
+                                                           identity), action)
+        if not result.ok:
+            raise UserError(f"{action} failed, {target.name} was not changed: could not swap"
+                            f" in the restored database: {failure(result, target)}")
+    except BaseException:
+        drop_database(c, fresh)  # gone already if the swap committed
+        raise
+    if undo is not None and no_keep:
+        drop_database(c, target.on_database(undo))
+
+
+def rename_databases(c, server: Database, statements: list[str], action: str):
+    """The swap transaction; tried again (three times in all) when a client connected to
+    the target between the closing of its sessions and the rename."""
+    for _attempt in range(3):
+        result = held_transaction(c, server, "\n".join(statements), action)
+        if result.ok or "is being accessed by other users" not in result.stderr:
+            break
+    return result
+
+
+def maintenance_of(db: Database) -> Database:
+    """Where database-level statements run: another database of the same server."""
+    return db.on_database("template1" if db.name == "postgres" else "postgres")
+
+
+def database_identity(c, server: Database, name: str,
+                      action: str) -> swap.DatabaseIdentity | None:
+    """What database `name` keeps across a restore (owner, locale, settings...), or None
+    if there is no such database."""
+    result = run_sql(c, server, swap.IDENTITY_QUERY, name=name)
+    if not result.ok:
+        raise UserError(f"{action}: cannot connect to the server of {server.uri}:"
+                        f" {failure(result, server)}")
+    row = result.stdout.strip()
+    return swap.DatabaseIdentity.from_json(row) if row else None
+
+
+def count_sessions(c, server: Database, name: str) -> int:
+    """Sessions connected to database `name` now (the swap will close them)."""
+    result = run_sql(c, server, "select count(*) from pg_stat_activity where datname = :'name'",
+                     name=name)
+    return int(result.stdout.strip()) if result.ok and result.stdout.strip().isdigit() else 0
+
+
+def refuse_without_createdb(c, server: Database, target: Database,
+                            identity: swap.DatabaseIdentity | None, action: str) -> None:
+    """Before anything is built: the role must create databases, and rename the target
+    (own it), or the restore would fail only at the swap."""
+    result = run_sql(c, server, "select rolcreatedb or rolsuper, rolsuper or case when"
+                                " :'owner' = '' then true else pg_has_role(:'owner', 'MEMBER')"
+                                " end from pg_roles where rolname = current_user",
+                     owner=identity.owner if identity else "")
+    creates, owns = [*result.stdout.strip().split("|"), "", ""][:2]
+    if result.ok and creates == "f":
+        raise UserError(f"{action} refused: the role of {target.variable} may not create"
+                        " databases, and a restore builds a fresh one; grant it CREATEDB, or"
+                        " pass --in-place to apply inside the existing database in one"
+                        " transaction (see its limits in README.md)")
+    if result.ok and identity is not None and owns == "f":
+        raise UserError(f"{action} refused: the role of {target.variable} does not own"
+                        f" {target.name} (its owner is {identity.owner}), and a restore renames"
+                        " it to keep it as the undo copy; connect as its owner, or pass"
+                        " --in-place (see its limits in README.md)")
+
+
+def create_fresh_database(c, server: Database, name: str,
+                          identity: swap.DatabaseIdentity | None, action: str) -> None:
+    """An empty database `name` on `server`, with `identity`'s owner, encoding, locale."""
+    result = run_sql(c, server, swap.create_database_sql(name, identity))
+    if not result.ok:
+        raise UserError(f"{action}: cannot create the database to restore into ({name}):"
+                        f" {failure(result, server)}")
+
+
+def inflate_stage() -> str:
+    """The stage that inflates a checked gzip stream from stdin: ISA-L (about five times
+    gzip's speed here, which leaves the cores to psql and the server) where it loads,
+    else gzip. The stream was checked whole before, so ISA-L's one blind spot, taking
+    empty input for an empty stream, cannot arise."""
+    if isal_loads():
+        return quoted(sys.executable, "-m", "isal.igzip", "-dc")
+    return "gzip -dc"
+
+
+def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
+    """The stages that turn the decrypted file into SQL for psql."""
+    # With a person watching, a progress stage feeds the inflater from the file, so that
+    # its percentage is of the backup itself (the inflater and psql keep pace through
+    # the pipes).
+    watch = progress_stage(f"{action}: read", total=plaintext.stat().st_size)
+    if watch:
+        decompress = f"{watch} < {quoted(plaintext)} | {inflate_stage()}"
+    else:
+        decompress = f"{inflate_stage()} < {quoted(plaintext)}"
+    if facts.clean_section:  # an older backup: its DROP block has nothing to drop
+        decompress += " | " + helper_command("clean_section")
+    return decompress
+
+
+def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str) -> None:
+    """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
+    Only for a database that a later synchronous commit makes durable (the swap).
+
+    No transaction around it: nothing can see `db` until it is swapped in, so a failure
+    is undone by dropping it, and one transaction over a big dump would run out of lock
+    memory (a lock per table and per large object)."""
+    command = pipeline(dump_stream(plaintext, facts, action),
+                       psql_command(db, "--file", "-") + " > /dev/null")
+    # Each statement commits without waiting for its WAL to reach the disk: safe, because
+    # the swap's own COMMIT waits for all WAL written before it, this database's included.
+    options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
+                                     "-c synchronous_commit=off"]))
+    result = c.run(command, env=child_env({**db.child_env(), "PGOPTIONS": options}),
+                   hide=True, warn=True, in_stream=False)
+    if not result.ok:
+        raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
+
+
+READY = "carabase: ready to commit"
+
+
+def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | None = None,
+                     ready=None):
+    """Run `sql` on `db` in one transaction that only this process can commit.
+
+    psql reads its script from a FIFO this process writes: BEGIN, `sql`, a marker that
+    psql prints once everything succeeded, and, only after that marker (and `ready()`,
+    when given, says yes), COMMIT. Should this process die at any point before, even by
+    SIGKILL, the kernel closes the FIFO, psql reads its end, and the server rolls the
+    transaction back. `stdin_stage` feeds psql's standard input (`\\i /dev/stdin` in
+    `sql` reads it). Returns invoke's result; `result.ok` only if COMMIT went through.
+    """
+    with private_tempdir() as workdir:
+        feed = workdir / "transaction.sql"
+        os.mkfifo(feed, 0o600)
+        command = pipeline(stdin_stage, psql_command(db, "--file", str(feed)) + " > /dev/null")
+        promise = c.run(command, asynchronous=True, env=child_env(db.child_env()), hide=True,
+                        warn=True, in_stream=False)
+        committed = False
+        writer = open_fifo_writer(feed, lambda: promise.runner.process_is_finished)
+        if writer is not None:
+            try:
+                with writer:
+                    writer.write(f"BEGIN;\n{sql}\n\\warn '{READY}'\n")
+                    writer.flush()
+                    while READY not in "".join(promise.runner.stderr):
+                        if promise.runner.process_is_finished:
+                            break
+                        time.sleep(0.02)
+                    else:
+                        if ready is None or ready():
+                            writer.write("COMMIT;\n")
+                            committed = True
+            except BrokenPipeError:  # psql stopped (an error): nothing to commit
+                committed = False
+        result = promise.join()
+    if not committed and result.ok:
+        result.exited = 1  # psql ended happily, but without our COMMIT nothing stays
+        result.stderr += "\nthe transaction was not committed"
+    return result
+
+
+def apply_in_place(c, plaintext: Path, facts: DumpFacts, target: Database,
+                   identity: swap.DatabaseIdentity | None, action: str) -> None:
+    """--in-place: empty the target and apply the dump in one transaction, committed
+    only by this process once psql applied all of it and gzip read the whole file."""
+    if identity is None:
+        raise UserError(f"{action}: {target.name} does not exist, and --in-place applies"
+                        " inside the existing database; create it first")
+    with private_tempdir() as workdir:
+        status = workdir / "gzip.status"
+        # psql reads the dump on its standard input; gzip's exit status lands in a file
+        # before psql sees the end of it.
+        feed = f"{{ {dump_stream(plaintext, facts, action)}; echo $? > {quoted(status)}; }}"
+        result = held_transaction(
+            c, target, swap.IN_PLACE_CLEAR_SQL + "\n\\i /dev/stdin\n", action,
+            stdin_stage=feed,
+            ready=lambda: status.exists() and status.read_text().strip() == "0")
+    if not result.ok:
+        raise UserError(f"{action} failed, nothing was changed: {failure(result, target)}")
+
+
+@task(
+    help={
+        "env": "the env whose last restore to undo (dev, staging, prod)",
+        "yes": "do not ask for confirmation",
+        "i-know": "required for prod (or CARABASE_I_KNOW=1)",
+    }
+)
+def undo_restore(c, env, yes=False, i_know=False):
+    """Swap back the database the last restore replaced (kept as its undo copy)."""
+    action = f"undo-restore {env}"
+    check_env(env)
+    require_programs(action)
+    target = guard_env(c, env, i_know, action)
+    server = maintenance_of(target)
+    undo = swap.undo_name(target.name)
+    with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
+        kept = database_identity(c, server, undo, action)
+        if kept is None:
+            raise UserError(f"{action}: there is no undo copy of {target.name} ({undo}): no"
+                            " restore kept one (--no-keep), or it was undone and dropped")
+        current = database_identity(c, server, target.name, action)
+        sessions = count_sessions(c, server, target.name)
+        ask(f"This puts back {env}'s database {target.uri} as it was before the last restore"
+            f" (kept as {undo}, {progress.human_bytes(kept.size)}), and keeps what is there"
+            f" now as the undo copy. {sessions_phrase(sessions)}", action, yes)
+        spare = swap.restoring_name(target.name)
+        drop_database(c, target.on_database(spare))  # a killed restore's leftover
+        if current is None:
+            statements = [swap.close_sessions_sql(undo),
+                          f"ALTER DATABASE {swap.quote_ident(undo)} RENAME TO"
+                          f" {swap.quote_ident(target.name)};"]
         else:
-            decompress = quoted("gzip", "-dc", plaintext)
-        # One transaction, committed only if the whole dump came through. Not psql's
-        # --single-transaction: it sends COMMIT whenever its input ends, so a gzip killed
-        # half-way would commit half a restore. Without our COMMIT, psql leaves with the
-        # transaction open and the server rolls it back.
-        command = pipeline(
-            f"{{ echo 'BEGIN;'; {decompress} && echo 'COMMIT;'; }}",
-            psql_command(target, "--file", "-") + " > /dev/null",
-        )
-        result = c.run(command, env=child_env(target.child_env()), hide=True, warn=True,
-                       in_stream=False)
+            statements = swap.undo_swap_sql(target.name, undo, spare)
+        result = rename_databases(c, server, statements, action)
         if not result.ok:
             raise UserError(f"{action} failed, nothing was changed: {failure(result, target)}")
-    except BaseException:
-        if created:  # it did not exist before: leave it not existing
-            drop_database(c, target)
-        raise
+    print(f"{action}: {target.uri} holds again what it held before the last restore")
+    if current is not None:
+        print(f"{action}: what that restore brought is kept as {undo}"
+              f" ({progress.human_bytes(current.size)}); undo again to bring it back")
 
 
 def server_identity(c, db: Database) -> tuple[str, str] | None:
@@ -351,41 +602,22 @@ def refuse_if_reaches_prod(c, target: Database, action: str) -> None:
                         " prod FILE --i-know")
 
 
-def run_sql_with_name(c, server: Database, sql: str, name: str):
-    """Run `sql` on `server`, where :'name' / :"name" is `name` quoted by psql itself.
+def run_sql(c, server: Database, sql: str, **variables: str):
+    """Run `sql` on `server`; each keyword is a psql variable, so that :'name' is `name`
+    as a literal and :"name" as an identifier, quoted by psql itself.
 
     psql interpolates variables only in scripts it reads, hence the printf pipe.
     """
-    command = pipeline(
-        quoted("printf", "%s\n", sql),
-        psql_command(server, "-At", "--set", f"name={name}"),
-    )
+    settings = [word for key, value in variables.items() for word in ("--set", f"{key}={value}")]
+    command = pipeline(quoted("printf", "%s\n", sql), psql_command(server, "-At", *settings))
     return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False)
 
 
-def create_database_if_missing(c, target: Database, action: str) -> bool:
-    """Create the target database if it does not exist; True if this call created it."""
-    maintenance = target.on_database("postgres")
-    probe = run_sql_with_name(
-        c, maintenance, "select count(*) from pg_database where datname = :'name'", target.name
-    )
-    if not probe.ok:
-        raise UserError(f"{action}: cannot connect to the server of {target.uri}: "
-                        f"{failure(probe, target)}")
-    if probe.stdout.strip() != "0":
-        return False
-    create = run_sql_with_name(c, maintenance, 'create database :"name"', target.name)
-    if not create.ok:
-        raise UserError(f"{action}: cannot create database {target.name}: "
-                        f"{failure(create, target)}")
-    return True
-
-
-def drop_database(c, target: Database) -> None:
-    """Undo create_database_if_missing after a failed restore."""
-    # FORCE: the backend of a psql we just stopped may still be finishing.
-    run_sql_with_name(c, target.on_database("postgres"),
-                      'drop database if exists :"name" with (force)', target.name)
+def drop_database(c, db: Database):
+    """Drop `db` if it exists. FORCE: an orphaned psql of a killed restore, or the
+    backend of one we just stopped, may still be connected to it."""
+    return run_sql(c, maintenance_of(db), 'drop database if exists :"name" with (force)',
+                   name=db.name)
 
 
 # --- prune and status -----------------------------------------------------------------
@@ -923,27 +1155,30 @@ def drill_source(env: str, file: str | None, action: str) -> Path:
 
 def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
               action: str) -> tuple[drill.Proof, float | None]:
-    """The drill itself: check the file (counting its COPY rows on the way), restore it
-    into a fresh scratch database, count what arrived, always drop it."""
+    """The drill itself, on the restore's machinery: decrypt and check the file in one
+    pass (counting its COPY rows on the way), apply it into a fresh scratch database,
+    count what arrived, always drop it."""
     scanner = dumpscan.DumpScanner()
-    try:
-        reason = verify_file(key, source, sink=scanner.feed)
-    except FileNotFoundError:
-        raise UserError(f"{action}: {source} disappeared (pruned meanwhile?)") from None
-    if reason:  # nothing was touched
-        return drill.Proof("FAIL", problems=[f"the backup is damaged: {reason}"]), None
-    scanner.finish()
-    live, unreachable = live_tables(c, database(env))
-    create_scratch(c, scratch, action)
-    try:
-        started = time.monotonic()
-        failed = apply_into(c, source, scratch, action)
-        seconds = time.monotonic() - started
-        if failed:
-            return drill.Proof("FAIL", problems=[f"the restore failed: {failed}"]), seconds
-        restored, restored_large_objects = count_restored(c, scratch, action)
-    finally:
-        drop_scratch(c, scratch, action)
+    with private_tempfile() as plaintext:
+        try:
+            facts = decrypt_and_check(key, source, plaintext, action, sink=scanner.feed)
+        except DamagedBackup as damaged:  # nothing was touched
+            return drill.Proof("FAIL", problems=[f"the backup is damaged: {damaged.reason}"]), \
+                None
+        scanner.finish()
+        live, unreachable = live_tables(c, database(env))
+        create_scratch(c, scratch, action)
+        try:
+            started = time.monotonic()
+            try:
+                apply_dump(c, plaintext, facts, scratch, action)
+            except UserError as failed:
+                return drill.Proof("FAIL", problems=[f"the restore failed: {failed.message}"]), \
+                    time.monotonic() - started
+            seconds = time.monotonic() - started
+            restored, restored_large_objects = count_restored(c, scratch, action)
+        finally:
+            drop_scratch(c, scratch, action)
     return drill.judge(scanner.rows, scanner.large_objects, restored, restored_large_objects,
                        live, scanner.unfinished_table, unreachable), seconds
 
@@ -1037,10 +1272,10 @@ def create_scratch(c, scratch: Database, action: str) -> None:
     """A new, empty scratch database (from template0, as pristine as a fresh server's);
     first drop the one a killed drill left behind, never a database of that name the
     drill did not make."""
-    maintenance = scratch.on_database("postgres")
-    probe = run_sql_with_name(
-        c, maintenance, "select count(*), coalesce(max(shobj_description(oid, 'pg_database')),"
-        " '') from pg_database where datname = :'name'", scratch.name)
+    server = maintenance_of(scratch)
+    probe = run_sql(c, server, "select count(*), coalesce(max(shobj_description(oid,"
+                    " 'pg_database')), '') from pg_database where datname = :'name'",
+                    name=scratch.name)
     if not probe.ok:
         raise UserError(f"{action}: cannot connect to the server of {scratch.uri}:"
                         f" {failure(probe, scratch)}")
@@ -1051,30 +1286,18 @@ def create_scratch(c, scratch: Database, action: str) -> None:
                             f" made by a drill; set {scratch.variable} to another database,"
                             " or drop it yourself if nothing in it matters")
         drop_scratch(c, scratch, action)
-    created = run_sql_with_name(
-        c, maintenance, f"""create database :"name" template template0;"""
-        f""" comment on database :"name" is '{SCRATCH_MARK}';""", scratch.name)
-    if not created.ok:
-        raise UserError(f"{action}: cannot create the scratch database {scratch.name}:"
-                        f" {failure(created, scratch)}")
-
-
-def apply_into(c, source: Path, scratch: Database, action: str) -> str | None:
-    """decrypt | gzip -dc | psql into the scratch database; None, or why it failed."""
-    decrypt = helper_command("crypto", "decrypt")
-    watch = progress_stage(f"{action}: read", total=source.stat().st_size)
-    read = f"{watch} < {quoted(source)} | {decrypt}" if watch \
-        else f"{decrypt} < {quoted(source)}"
-    command = pipeline(read, "gzip -dc", psql_command(scratch, "--file", "-") + " > /dev/null")
-    result = c.run(command, env=child_env(scratch.child_env()), hide=True, warn=True,
-                   in_stream=False)
-    return None if result.ok else failure(result, scratch)
+    create_fresh_database(c, server, scratch.name, None, action)
+    marked = run_sql(c, server, f"""comment on database :"name" is '{SCRATCH_MARK}'""",
+                     name=scratch.name)
+    if not marked.ok:
+        drop_scratch(c, scratch, action)
+        raise UserError(f"{action}: cannot mark the scratch database {scratch.name}:"
+                        f" {failure(marked, scratch)}")
 
 
 def drop_scratch(c, scratch: Database, action: str) -> None:
     """Drop the scratch database; if that fails, say so (the next drill drops it)."""
-    dropped = run_sql_with_name(c, scratch.on_database("postgres"),
-                                'drop database if exists :"name" with (force)', scratch.name)
+    dropped = drop_database(c, scratch)
     if not dropped.ok:
         print(f"{action}: could not drop the scratch database {scratch.uri}"
               f" ({failure(dropped, scratch)}); the next drill drops it", file=sys.stderr)
@@ -1165,5 +1388,6 @@ ns = Collection()
 backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
-              uninstall_cron, push, fetch, verify_backups, restore_drill, nightly):
+              uninstall_cron, undo_restore, push, fetch, verify_backups, restore_drill,
+              nightly):
     backup_tasks.add_task(_task)

@@ -16,7 +16,9 @@ and reporting medians:
       installed), with CARABASE_COMPRESSOR=gzip, and on a terminal (progress line)
   (c) the encrypt and decrypt filters on a 1 GiB file, against openssl enc -aes-256-ctr
   (d) the filters' peak memory (GNU time's maximum RSS) at 10 MiB and at 1 GiB of input
-  (e) invoke backup.restore against a bare gunzip | psql of the same dump
+  (e) invoke backup.restore against a bare gunzip | psql of the same dump into an empty
+      database, and against pg_restore -j 2 of a pg_dump -Fd -j 2 (--only-restore: this
+      one alone)
 
 and prints a Markdown table (README.md quotes the latest). Everything it makes (the
 databases, a temporary directory, a random key) is removed at the end.
@@ -265,6 +267,8 @@ def main() -> int:
                         help="pgbench scale; the document table gets 10,000 rows per unit")
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each case")
     parser.add_argument("--url", help="libpq URL of the server's maintenance database")
+    parser.add_argument("--only-restore", action="store_true",
+                        help="measure only (e), the restores (a minute or two)")
     args = parser.parse_args()
     try:
         check_tools()
@@ -305,8 +309,12 @@ def benchmark(args, workdir: Path) -> list[str]:
         say(f"creating {name} (pgbench -i -s {args.scale} and the document table)...")
         create_database(maintenance, name, base_env)
         fill_database(source, args.scale, base_env)
-        rows = measure(args, workdir, source, target, maintenance, restore_name,
-                       invoke_env, pigz, threads)
+        if args.only_restore:
+            rows = measure_restores(args, workdir, source, target, maintenance, restore_name,
+                                    invoke_env)[3]
+        else:
+            rows = measure(args, workdir, source, target, maintenance, restore_name,
+                           invoke_env, pigz, threads)
     finally:
         drop_database(maintenance, name, base_env)
         drop_database(maintenance, restore_name, base_env)
@@ -330,9 +338,6 @@ def measure(args, workdir: Path, source: str, target: str, maintenance: str,
     invoke = [INVOKE, "--search-root", str(REPO)]
     pg_dump = shlex.join(["pg_dump", *PG_DUMP_OPTIONS, "--dbname", source])
     encrypt = shlex.join([sys.executable, "-m", "helpers.crypto", "encrypt"])
-    # The restore task's integrity check, as tasks.gzip_check picks it.
-    check = ["pigz", "-t", "-v"] if pigz else ["gzip", "-t"]
-
     def clear_backups():
         shutil.rmtree(backups, ignore_errors=True)
         os.sync()  # the previous run's writes must not land in the next run's time
@@ -354,30 +359,8 @@ def measure(args, workdir: Path, source: str, target: str, maintenance: str,
     }
     backup_times = alternate(args.runs, cases, before=clear_backups)
     clear_backups()
-    run([*invoke, "backup.dev"], env, "invoke backup.dev")  # the one to restore, untimed
-    [backup] = backups.glob("dev/*/*.sql.gz.enc")
-    backup_size = backup.stat().st_size
-    dump_gz = workdir / "dump.sql.gz"
-    with open(backup, "rb") as src, open(dump_gz, "wb") as dst:
-        crypto.decrypt_to(bytes.fromhex(env["HOST_MASTER_KEY"]), src, dst)
-    dump_size = int(run(shell(f"gzip -dc {dump_gz} | wc -c"), env, "measuring the dump").stdout)
-
-    say("(e): restores...")
-
-    def fresh_target():
-        drop_database(maintenance, restore_name, env)
-        create_database(maintenance, restore_name, env)
-        os.sync()
-
-    restore_times = alternate(args.runs, {
-        "e_bare": lambda: timed(shell(f"gunzip -c {dump_gz} | psql -X -q -v ON_ERROR_STOP=1"
-                                      f" -d {shlex.quote(target)} > /dev/null"),
-                                env, "gunzip | psql"),
-        "e": lambda: timed([*invoke, "backup.restore", "staging", str(backup), "--yes"], env,
-                           "invoke backup.restore"),
-        "e_check": lambda: timed([*check, str(dump_gz)], env, "the gzip check"),
-    }, before=fresh_target)
-    clear_backups()
+    dump_size, dump_gz, backup_size, restore_rows = measure_restores(
+        args, workdir, source, target, maintenance, restore_name, env)
 
     say("(c), (d): the filters...")
     filter_rows = measure_filters(args.runs, workdir, env)
@@ -387,9 +370,6 @@ def measure(args, workdir: Path, source: str, target: str, maintenance: str,
     b = statistics.median(backup_times["b"])
     b_gzip = statistics.median(backup_times["b_gzip"])
     b_tty = statistics.median(backup_times["b_tty"])
-    e = statistics.median(restore_times["e"])
-    e_bare = statistics.median(restore_times["e_bare"])
-    e_check = statistics.median(restore_times["e_check"])
     compressor = f"pigz -9, {threads} threads" if pigz else "gzip -9: pigz not installed"
     rows = [
         f"Dump: {dump_size / MIB:.0f} MiB of SQL, {dump_gz.stat().st_size / MIB:.0f} MiB"
@@ -413,15 +393,72 @@ def measure(args, workdir: Path, source: str, target: str, maintenance: str,
         f" | {seconds(backup_times['b_tty'])}"
         f" | {(b_tty / b - 1) * 100:+.1f}% over (b) | no meaningful overhead | |",
         *filter_rows,
-        f"| (e) bare `gunzip -c \\| psql` | {seconds(restore_times['e_bare'])}"
-        f" | {dump_size / MIB / e_bare:.0f} MiB/s of SQL | baseline | |",
-        f"| (e) `invoke backup.restore` | {seconds(restore_times['e'])}"
-        f" | {e / e_bare:.2f}x the bare restore | at most 1.1x | {verdict(e <= 1.1 * e_bare)} |",
-        f"| (e) restore's integrity check alone, `{' '.join(check)}`"
-        f" | {seconds(restore_times['e_check'])}"
-        f" | {e_check / e_bare * 100:.1f}% of the bare restore | | |",
+        *restore_rows[3:],
     ]
     return rows
+
+
+def measure_restores(args, workdir: Path, source: str, target: str, maintenance: str,
+                     restore_name: str, env: dict[str, str]):
+    """(e): invoke backup.restore (fresh database, swap) against a bare gunzip | psql
+    into an empty database, and against pg_restore -j 2 of a pg_dump -Fd -j 2 of the
+    same database. Returns the dump's sizes and the table rows."""
+    backups = workdir / "backups"
+    invoke = [INVOKE, "--search-root", str(REPO)]
+    shutil.rmtree(backups, ignore_errors=True)
+    run([*invoke, "backup.dev"], env, "invoke backup.dev")  # the one to restore, untimed
+    [backup] = backups.glob("dev/*/*.sql.gz.enc")
+    backup_size = backup.stat().st_size
+    dump_gz = workdir / "dump.sql.gz"
+    with open(backup, "rb") as src, open(dump_gz, "wb") as dst:
+        crypto.decrypt_to(bytes.fromhex(env["HOST_MASTER_KEY"]), src, dst)
+    dump_size = int(run(shell(f"gzip -dc {dump_gz} | wc -c"), env, "measuring the dump").stdout)
+    directory_dump = workdir / "dump.d"
+    run(["pg_dump", "-Fd", "-j", "2", "--no-owner", "--no-privileges", "-f",
+         str(directory_dump), "--dbname", source], env, "pg_dump -Fd -j 2")
+
+    say("(e): restores...")
+
+    def fresh_target():
+        for name in (restore_name, f"{restore_name}__carabase_undo",
+                     f"{restore_name}__carabase_restoring"):
+            drop_database(maintenance, name, env)
+        create_database(maintenance, restore_name, env)
+        os.sync()
+
+    restore_times = alternate(args.runs, {
+        "e_bare": lambda: timed(shell(f"gunzip -c {dump_gz} | psql -X -q -v ON_ERROR_STOP=1"
+                                      f" -d {shlex.quote(target)} > /dev/null"),
+                                env, "gunzip | psql"),
+        "e": lambda: timed([*invoke, "backup.restore", "staging", str(backup), "--yes"], env,
+                           "invoke backup.restore"),
+        "e_pg_restore": lambda: timed(["pg_restore", "-j", "2", "--no-owner", "--no-privileges",
+                                       "-d", target, str(directory_dump)], env,
+                                      "pg_restore -j 2"),
+    }, before=fresh_target)
+    for name in (f"{restore_name}__carabase_undo", f"{restore_name}__carabase_restoring"):
+        drop_database(maintenance, name, env)
+    shutil.rmtree(backups, ignore_errors=True)
+    e = statistics.median(restore_times["e"])
+    e_bare = statistics.median(restore_times["e_bare"])
+    e_pg_restore = statistics.median(restore_times["e_pg_restore"])
+    rows = [
+        f"Dump: {dump_size / MIB:.0f} MiB of SQL, {dump_gz.stat().st_size / MIB:.0f} MiB"
+        f" gzipped, {backup_size / MIB:.0f} MiB encrypted.",
+        "",
+        "| measurement | median (min-max) | result | target | |",
+        "|---|---|---|---|---|",
+        f"| (e) bare `gunzip -c \\| psql` into an empty database"
+        f" | {seconds(restore_times['e_bare'])}"
+        f" | {dump_size / MIB / e_bare:.0f} MiB/s of SQL | baseline | |",
+        f"| (e) `invoke backup.restore` (check, fresh database, swap, undo copy kept)"
+        f" | {seconds(restore_times['e'])}"
+        f" | {e / e_bare:.2f}x the bare restore | at most 1.1x | {verdict(e <= 1.1 * e_bare)} |",
+        f"| (e) `pg_restore -j 2` of a `pg_dump -Fd -j 2`"
+        f" | {seconds(restore_times['e_pg_restore'])}"
+        f" | {e_pg_restore / e_bare:.2f}x the bare restore | reference | |",
+    ]
+    return dump_size, dump_gz, backup_size, rows
 
 
 def measure_filters(runs: int, workdir: Path, env: dict[str, str]) -> list[str]:

@@ -16,6 +16,11 @@ LOCK_TABLE = re.compile(r"LOCK TABLE (?:ONLY )?(.+?) IN ACCESS SHARE MODE")
 
 def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # The server's notices ("table ... does not exist, skipping") are never the cause.
+    notices = [line for line in lines if any(f": {level}:  " in line for level in
+                                             ("NOTICE", "WARNING", "INFO", "LOG", "DEBUG"))]
+    if len(notices) < len(lines):
+        lines = [line for line in lines if line not in notices]
     stage, cause = next(
         ((prefix, line) for prefix in STAGE_PREFIXES for line in lines
          if line.startswith(prefix) and ": detail:" not in line),
@@ -26,6 +31,18 @@ def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
                if stage and line.startswith(stage + " detail:")]
     if details:
         cause += " (" + "; ".join(details) + ")"
+    # The server's own DETAIL and HINT lines follow psql's ERROR line: the HINT often is
+    # the fix ("You might need to increase max_locks_per_transaction").
+    if cause in lines:
+        following = lines[lines.index(cause) + 1:]
+        for line in following:
+            if not line.startswith(("DETAIL:", "HINT:")):
+                break
+            cause += " " + line
+    missing = next((line for line in lines if line.endswith("command not found")), None)
+    if missing is not None:
+        program = missing.rsplit(":", 2)[-2].strip()
+        return f"{program} is not installed or not on PATH ({missing})"
     if "server version mismatch" in stderr:
         versions = next((line for line in lines if "server version:" in line), "")
         detail = versions.split("detail:", 1)[-1].strip()

@@ -1,58 +1,201 @@
 """The parts of a restore that are not commands: the private tempfile the backup is
-decrypted into, the decryption itself, and the confirmation question."""
+decrypted into, the decryption and the gzip check (one pass), the env's restore lock,
+and the confirmation question."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import crypto, retention
-from helpers.config import Database
+from helpers import crypto, retention, verify
+from helpers.clean_section import starts_with_clean_section
+from helpers.config import Database, env_dir
 from helpers.errors import UserError
+from helpers.tree import ensure_private_dir
+
+HEAD_SIZE = 64 * 1024  # enough of the SQL to see how the dump starts
+
+
+def temp_directory() -> str:
+    """TMPDIR when set, which must then be a writable directory: Python's tempfile would
+    quietly fall back to /tmp, putting a decrypted backup where nobody expects it."""
+    configured = os.environ.get("TMPDIR")
+    if not configured:
+        return tempfile.gettempdir()
+    if not os.path.isdir(configured):
+        why = "does not exist" if not os.path.exists(configured) else "is not a directory"
+        raise UserError(f"TMPDIR={configured} {why}: point TMPDIR at a writable directory"
+                        " or unset it")
+    if not os.access(configured, os.W_OK | os.X_OK):
+        raise UserError(f"TMPDIR={configured} is not writable: point TMPDIR at a writable"
+                        " directory or unset it")
+    return configured
 
 
 @contextmanager
 def private_tempfile():
     """A 0600 temporary file from the moment it exists, deleted whatever happens."""
-    fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz")
+    directory = temp_directory()
+    try:
+        fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz",
+                                    dir=directory)
+    except OSError as error:
+        raise UserError(f"cannot create a temporary file in {directory} (set TMPDIR to use"
+                        f" another directory): {error.strerror or error}") from None
     os.close(fd)
     try:
         yield Path(name)
     finally:
-        os.unlink(name)
+        Path(name).unlink(missing_ok=True)  # something else may have removed it
 
 
-def decrypt_file(key: bytes, source: Path, plaintext: Path, action: str) -> None:
-    """Decrypt `source` into `plaintext`; the tag is checked before this returns."""
+@contextmanager
+def private_tempdir():
+    """A 0700 temporary directory (in TMPDIR, like the tempfile), removed afterwards:
+    for the FIFO a held transaction is fed through."""
+    directory = tempfile.mkdtemp(prefix="carabase-restore-", dir=temp_directory())
+    try:
+        yield Path(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def open_fifo_writer(path: Path, finished):
+    """Open the FIFO `path` for writing once its reader opened it; None if `finished()`
+    says the reader ended first (psql could not connect, say). Polls without blocking:
+    a plain open would wait forever for a reader that is gone."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise
+            if finished():
+                return None
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "w")
+
+
+@dataclass
+class DumpFacts:
+    """What the one pass over a backup learnt about the SQL inside."""
+
+    sql_bytes: int = 0
+    clean_section: bool = False  # an older --clean dump: restore skips its DROP block
+
+
+class DamagedBackup(UserError):
+    """The backup does not authenticate, or its gzip stream is damaged: `reason` says
+    which, as `backup.verify` would."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
+                      sink: Callable[[bytes], None] | None = None) -> DumpFacts:
+    """Decrypt `source` into `plaintext` and check its gzip stream in the same pass
+    (helpers.verify's checker, inflating in memory); the tag is checked first, then the
+    stream. `sink` sees the SQL as it is inflated (the drill counts COPY rows). On
+    failure `plaintext` is left empty."""
+    facts = DumpFacts()
+    head = bytearray()
+
+    def saw(sql: bytes) -> None:
+        facts.sql_bytes += len(sql)
+        if len(head) < HEAD_SIZE:
+            head.extend(sql[:HEAD_SIZE - len(head)])
+        if sink is not None:
+            sink(sql)
+
     try:
         src = open(source, "rb")  # noqa: SIM115 -- closed by the `with` below
     except OSError as error:
         raise UserError(f"{action}: cannot read {source}: {error.strerror}") from None
     try:
         with src, open(plaintext, "wb") as dst:
-            crypto.decrypt_to(key, src, dst)
+            checker = verify.GzipChecker(saw)
+            try:
+                for chunk in crypto.decrypted_chunks(key, src):
+                    dst.write(chunk)
+                    checker.feed(chunk)
+            except BaseException:
+                dst.flush()
+                dst.truncate(0)
+                raise
+            fault = checker.finish()
+            if fault is not None:
+                dst.truncate(0)
+                raise DamagedBackup(f"{action} refused: {source.name} decrypts but its gzip"
+                                    f" stream is damaged ({fault})", fault)
     except crypto.InvalidEnvelope as error:
-        raise UserError(f"{action} refused: {source.name}: {error}") from None
+        raise DamagedBackup(f"{action} refused: {source.name}: {error}", str(error)) from None
     except OSError as error:
         raise UserError(f"{action}: cannot decrypt {source} into {plaintext.parent}"
                         f" (set TMPDIR to use another directory): {error.strerror}") from None
+    facts.clean_section = starts_with_clean_section(bytes(head))
+    return facts
 
 
-def confirm_restore(source: Path, env: str, target: Database, yes: bool, action: str) -> None:
+@contextmanager
+def restore_lock(env: str, action: str):
+    """One restore (or undo) of an env at a time: both use the env's fixed database
+    names. A lock of its own, so that a long restore never stops a nightly backup."""
+    directory = ensure_private_dir(env_dir(env))
+    fd = os.open(directory / ".restore.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{action}: another restore of {env} is running; try again"
+                            " when it has finished") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def sessions_phrase(count: int) -> str:
+    if count == 0:
+        return "No session is connected to it."
+    noun = "session is" if count == 1 else "sessions are"
+    return f"{count} {noun} connected to it and will be closed."
+
+
+def ask(question: str, action: str, yes: bool) -> None:
+    """Print `question`, then insist on a typed 'yes' (or --yes)."""
     if yes:
         return
     if not sys.stdin.isatty():
-        raise UserError(f"{action} refused: no terminal to confirm on; pass --yes to restore"
-                        " without asking")
-    stamp = retention.parse_backup_name(source.name)
-    taken = f" taken {stamp:%Y-%m-%d %H:%M:%S}Z" if stamp else ""
-    print(f"This replaces the contents of {env}'s database {target.uri}\n"
-          f"with the backup {source}{taken}.")
+        raise UserError(f"{action} refused: no terminal to confirm on; pass --yes to go"
+                        " ahead without asking")
+    print(question)
     try:
-        answer = input("Type 'yes' to restore: ")
+        answer = input("Type 'yes' to go ahead: ")
     except EOFError:  # Ctrl-D
         answer = ""
     if answer.strip().lower() != "yes":
         raise UserError(f"{action}: cancelled, nothing was changed")
+
+
+def confirm_restore(source: Path, env: str, target: Database, yes: bool, action: str,
+                    sessions: int = 0, in_place: bool = False) -> None:
+    stamp = retention.parse_backup_name(source.name)
+    taken = f" taken {stamp:%Y-%m-%d %H:%M:%S}Z" if stamp else ""
+    if in_place:
+        sessions_line = (f"{sessions} other session(s) are connected to it: the restore"
+                         " waits for their locks, and they see the change at once.")
+    else:
+        sessions_line = sessions_phrase(sessions)
+    ask(f"This replaces the contents of {env}'s database {target.uri}\n"
+        f"with the backup {source}{taken}. {sessions_line}", action, yes)

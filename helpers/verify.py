@@ -14,22 +14,35 @@ cat ...` for off-site copies, through the filter form above or in-process).
 """
 from __future__ import annotations
 
+import re
 import sys
 import zlib
 from collections.abc import Callable
 from typing import BinaryIO
 
 from helpers import crypto
+from helpers.config import isal_loads
 
 # Inflated output per call: bounds memory however well a chunk compresses.
 MAX_INFLATED = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def _inflate_module():
+    """ISA-L's zlib-compatible inflate (about twice as fast as zlib's here, with the same
+    API and checks) where it loads; zlib's otherwise."""
+    if isal_loads():
+        from isal import isal_zlib
+        return isal_zlib, (zlib.error, isal_zlib.error)
+    return zlib, (zlib.error,)
+
+
+INFLATE, INFLATE_ERRORS = _inflate_module()
+
+
 def new_decompressor():
-    """A gzip (not zlib, not raw deflate) decompressor: the one place it is made, so
-    that a faster drop-in (isal.isal_zlib has the same API) changes one line."""
-    return zlib.decompressobj(wbits=31)
+    """A gzip (not zlib, not raw deflate) decompressor: the one place it is made."""
+    return INFLATE.decompressobj(wbits=31)
 
 
 class GzipChecker:
@@ -69,7 +82,7 @@ class GzipChecker:
             while not inflater.eof and (inflater.unconsumed_tail or len(out) == MAX_INFLATED):
                 out = inflater.decompress(inflater.unconsumed_tail, MAX_INFLATED)
                 self._pass_on(out)
-        except zlib.error as error:
+        except INFLATE_ERRORS as error:
             self.fault = "trailing data after the gzip stream" if self._appended() \
                 else f"gzip stream damaged: {_zlib_reason(error)}"
             return b""
@@ -96,9 +109,14 @@ class GzipChecker:
         return None
 
 
-def _zlib_reason(error: zlib.error) -> str:
-    # "Error -3 while decompressing data: invalid stored block lengths" -> the reason.
-    return str(error).split(": ", 1)[-1]
+def _zlib_reason(error: Exception) -> str:
+    """The reason alone, without the error number: zlib says "Error -3 while
+    decompressing data: incorrect header check", ISA-L "Error -4 Invalid gzip/zlib
+    wrapper found"."""
+    text = str(error)
+    if ": " in text:
+        return text.split(": ", 1)[-1]
+    return re.sub(r"^Error -?\d+ ", "", text)
 
 
 def check_backup(key: bytes, src: BinaryIO,

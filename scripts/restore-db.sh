@@ -4,10 +4,12 @@
 #
 #   HOST_MASTER_KEY_FILE=~/.carabase/master.key scripts/restore-db.sh dev backup.sql.gz.enc
 #
-# A thin wrapper over `invoke backup.restore <env> <file> [--yes] [--i-know]`.
+# A thin wrapper over `invoke backup.restore <env> <file> [--yes] [--i-know] [--no-keep]
+# [--in-place]`: it builds the backup into a fresh database and swaps it in, keeping the
+# replaced one as the env's undo copy (`invoke backup.undo-restore <env>` puts it back).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    echo "usage: $0 <env> <file> [--yes] [--i-know]" >&2
+    echo "usage: $0 <env> <file> [--yes] [--i-know] [--no-keep] [--in-place]" >&2
     exit 2
 fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import swap
 from tests.sample_db import snapshot
 from tests.support import REPO, run_invoke, seal_backup, take_backup
 
@@ -48,7 +49,7 @@ def test_backup_decrypts_by_hand_to_a_plain_sql_dump(dev_environ, backup_dir, ke
     ).stdout
     sql = gzip.decompress(decrypted).decode()
     assert "CREATE TABLE \"public\".\"item\"" in sql
-    assert "DROP TABLE IF EXISTS" in sql  # re-appliable over an existing database
+    assert "DROP " not in sql  # a pure create script, as the original pg_dump -Fp was
     assert "OWNER TO" not in sql and "GRANT " not in sql  # portable
 
 
@@ -165,8 +166,6 @@ def test_restore_whose_sql_fails_midway_leaves_target_unchanged(
         dev_environ, pg, source_db, master_key, tmp_path):
     before = snapshot(pg, source_db)
     broken = seal_backup(tmp_path / "2026-01-01T000000.sql.gz.enc", gzip.compress(b"""
-        DROP TABLE IF EXISTS public.note;
-        DELETE FROM public.item;
         CREATE TABLE public.half_done (id int);
         SELECT 1/0;
         CREATE TABLE public.never (id int);
@@ -177,6 +176,7 @@ def test_restore_whose_sql_fails_midway_leaves_target_unchanged(
     assert result.returncode != 0
     assert "nothing was changed" in result.stderr and "division by zero" in result.stderr
     assert snapshot(pg, source_db) == before
+    assert not pg.database_exists(swap.restoring_name(source_db))  # dropped, not left
 
 
 def test_failed_restore_into_missing_database_does_not_leave_it_created(

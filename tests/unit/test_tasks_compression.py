@@ -103,15 +103,6 @@ def test_unknown_compression_profile_is_refused(bin_dir, monkeypatch):
         tasks.compressor()
 
 
-def test_restore_checks_the_gzip_stream_with_the_same_program(pigz_installed, monkeypatch,
-                                                              tmp_path):
-    path = tmp_path / "it's.sql.gz"
-
-    assert tasks.gzip_check(path) == f"pigz -t -v '{tmp_path}/it'\"'\"'s.sql.gz'"
-    monkeypatch.setenv("CARABASE_COMPRESSOR", "gzip")
-    assert tasks.gzip_check(path) == f"gzip -t '{tmp_path}/it'\"'\"'s.sql.gz'"
-
-
 # --- progress ---------------------------------------------------------------------------
 
 

@@ -42,3 +42,27 @@ def test_statement_timeout_outside_the_lock_phase_is_not_called_a_lock_wait():
     message = explain_pipeline_failure(stderr, 1, parse_database_url("postgresql:///x", "V"))
 
     assert "lock" not in message and "statement timeout" in message
+
+
+def test_failed_psql_keeps_the_servers_hint():
+    stderr = ("psql:<stdin>:4021: ERROR:  out of shared memory\n"
+              "HINT:  You might need to increase max_locks_per_transaction.\n")
+    message = explain_pipeline_failure(stderr, 3, parse_database_url("postgresql:///x", "V"))
+
+    assert message == ("psql:<stdin>:4021: ERROR:  out of shared memory"
+                       " HINT:  You might need to increase max_locks_per_transaction.")
+
+
+def test_a_missing_program_is_named():
+    stderr = "bash: line 1: psql: command not found\n"
+    message = explain_pipeline_failure(stderr, 127, parse_database_url("postgresql:///x", "V"))
+
+    assert message.startswith("psql is not installed or not on PATH")
+
+
+def test_the_servers_notices_are_not_taken_for_the_cause():
+    stderr = ('psql:<stdin>:2: NOTICE:  table "note" does not exist, skipping\n'
+              "psql:<stdin>:5: ERROR:  division by zero\n")
+    message = explain_pipeline_failure(stderr, 3, parse_database_url("postgresql:///x", "V"))
+
+    assert message == "psql:<stdin>:5: ERROR:  division by zero"

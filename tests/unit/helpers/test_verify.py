@@ -4,12 +4,14 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import subprocess
 import sys
+import zlib
 
 import pytest
 
-from helpers import crypto
+from helpers import crypto, verify
 from helpers.verify import GzipChecker, check_backup
 
 KEY = bytes(range(32))
@@ -88,10 +90,12 @@ def damaged_deflate(compressed: bytes) -> bytes:
     (gzip.compress(SQL) + bytes(512), "trailing data after the gzip stream"),
     (gzip.compress(SQL) + b"\x1f", "trailing data after the gzip stream"),
     (b"", "gzip stream empty"),
-    (b"plain SQL, never compressed\n", "gzip stream damaged: incorrect header check"),
+    # zlib's words, or ISA-L's where it loads (helpers.verify inflates with either)
+    (b"plain SQL, never compressed\n",
+     "gzip stream damaged: (incorrect header check|Invalid gzip/zlib wrapper found)"),
 ])
 def test_damaged_gzip_inside_an_authentic_envelope_names_the_fault(compressed, reason):
-    assert verdict(sealed(compressed)) == reason
+    assert re.fullmatch(reason, verdict(sealed(compressed)))
 
 
 def test_damaged_deflate_data_is_reported_with_zlibs_reason():
@@ -103,7 +107,9 @@ def test_damaged_deflate_data_is_reported_with_zlibs_reason():
 def test_wrong_crc_is_damage():
     compressed = bytearray(gzip.compress(SQL))
     compressed[-8] ^= 1  # the CRC-32 in the trailer
-    assert verdict(sealed(bytes(compressed))) == "gzip stream damaged: incorrect data check"
+    assert verdict(sealed(bytes(compressed))) in (  # zlib's words, or ISA-L's
+        "gzip stream damaged: incorrect data check",
+        "gzip stream damaged: Incorrect checksum found")
 
 
 @pytest.mark.parametrize("envelope, message", [
@@ -135,3 +141,12 @@ def test_filter_exits_0_for_intact_and_1_with_the_reason_for_damaged(tmp_path):
                              capture_output=True)
     assert (intact.returncode, intact.stdout, intact.stderr) == (0, b"", b"")
     assert (damaged.returncode, damaged.stderr) == (1, b"verify: gzip stream truncated\n")
+
+
+def test_where_isal_does_not_load_zlib_inflates_with_the_same_verdicts(monkeypatch):
+    monkeypatch.setattr(verify, "INFLATE", zlib)
+    monkeypatch.setattr(verify, "INFLATE_ERRORS", (zlib.error,))
+    compressed = bytearray(gzip.compress(SQL))
+    compressed[-8] ^= 1
+    assert verdict(sealed(bytes(compressed))) == "gzip stream damaged: incorrect data check"
+    assert verdict(sealed(gzip.compress(SQL))) is None

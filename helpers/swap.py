@@ -1,0 +1,331 @@
+"""The SQL of a restore that builds a fresh database and swaps it in, as text.
+
+A restore never applies a dump over the env's database: it creates `<target>__carabase_
+restoring`, applies the dump there, then one transaction renames the target to
+`<target>__carabase_undo` and the fresh database to the target's name. The fresh
+database takes the old one's identity (owner, encoding, locale, settings, comment,
+grants), read from the catalog as a `DatabaseIdentity` and written back as SQL here.
+
+Pure: names, quoting and statements. tasks.py runs them with psql.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are cut silently
+UNDO_SUFFIX = "__carabase_undo"
+RESTORING_SUFFIX = "__carabase_restoring"
+
+# Settings whose value is a list of identifiers: pg_dump splits them the same way
+# (variable_is_guc_list_quote), or `search_path = '"$user", public'` would come back as
+# one schema named `"$user", public`.
+LIST_SETTINGS = frozenset({"local_preload_libraries", "search_path",
+                           "session_preload_libraries", "shared_preload_libraries",
+                           "temp_tablespaces", "unix_socket_directories"})
+
+
+def quote_ident(name: str) -> str:
+    """An identifier, always double-quoted (as pg_dump --quote-all-identifiers does)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """A string literal, for standard_conforming_strings = on (the default since
+    PostgreSQL 9.1, and set by the swap script): a backslash is an ordinary character."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _derived_name(target: str, suffix: str) -> str:
+    """`<target><suffix>`, or, when that would pass 63 bytes, the target cut short at a
+    character boundary plus 8 hex digits of its hash: still one name per target,
+    always the same, and never the name of another target's copy."""
+    name = target + suffix
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER_BYTES - len(suffix.encode()) - len(digest) - 1
+    head = target.encode()[:room].decode(errors="ignore")
+    return f"{head}_{digest}{suffix}"
+
+
+def undo_name(target: str) -> str:
+    """The database a restore keeps the replaced target in (one per env)."""
+    return _derived_name(target, UNDO_SUFFIX)
+
+
+def restoring_name(target: str) -> str:
+    """The database a restore builds before swapping it in; a leftover is half-built."""
+    return _derived_name(target, RESTORING_SUFFIX)
+
+
+# --- the identity of a database ------------------------------------------------------
+
+# One row of JSON about the database named by psql's :'name' (empty when there is none).
+# to_jsonb of the pg_database row keeps this one query valid on every version: the
+# locale columns changed in 15 (ICU provider) and 17 (datlocale).
+IDENTITY_QUERY = """
+select jsonb_build_object(
+  'owner', pg_get_userbyid(d.datdba),
+  'encoding', pg_encoding_to_char(d.encoding),
+  'row', to_jsonb(d) - 'datacl',
+  'tablespace', (select spcname from pg_tablespace where oid = d.dattablespace),
+  'comment', shobj_description(d.oid, 'pg_database'),
+  'has_acl', d.datacl is not null,
+  'grants', (select coalesce(jsonb_agg(jsonb_build_object(
+                 'grantee', case when a.grantee = 0 then null
+                                 else pg_get_userbyid(a.grantee) end,
+                 'privilege', a.privilege_type, 'grantable', a.is_grantable)
+               order by a.grantee, a.privilege_type), '[]')
+             from aclexplode(d.datacl) a),
+  'settings', (select coalesce(jsonb_agg(jsonb_build_object(
+                   'role', case when s.setrole = 0 then null
+                                else pg_get_userbyid(s.setrole) end,
+                   'config', s.setconfig) order by s.setrole), '[]')
+               from pg_db_role_setting s where s.setdatabase = d.oid),
+  'size', pg_database_size(d.oid))
+from pg_database d where d.datname = :'name'
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    grantee: str | None  # None: PUBLIC
+    privilege: str  # CONNECT, CREATE, TEMPORARY
+    grantable: bool = False
+
+
+@dataclass(frozen=True)
+class Setting:
+    role: str | None  # None: ALTER DATABASE ... SET; else ALTER ROLE ... IN DATABASE
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """What an env's database keeps across a restore: everything but its contents."""
+
+    owner: str
+    encoding: str = "UTF8"
+    collate: str | None = None
+    ctype: str | None = None
+    locale_provider: str | None = None  # 'icu' or 'builtin'; None for libc
+    icu_locale: str | None = None
+    icu_rules: str | None = None
+    builtin_locale: str | None = None
+    tablespace: str | None = None
+    connection_limit: int = -1
+    comment: str | None = None
+    has_acl: bool = False  # False: the default privileges, nothing to copy
+    grants: tuple[Grant, ...] = ()
+    settings: tuple[Setting, ...] = field(default=())
+    size: int = 0
+
+    @classmethod
+    def from_json(cls, text: str) -> DatabaseIdentity:
+        data = json.loads(text)
+        row = data["row"]
+        provider = {"i": "icu", "b": "builtin"}.get(row.get("datlocprovider") or "c")
+        locale = row.get("daticulocale") or row.get("datlocale")
+        settings = tuple(
+            Setting(entry["role"], *split_setting(item))
+            for entry in data["settings"] for item in entry["config"] or ())
+        return cls(
+            owner=data["owner"],
+            encoding=data["encoding"],
+            collate=row.get("datcollate"),
+            ctype=row.get("datctype"),
+            locale_provider=provider,
+            icu_locale=locale if provider == "icu" else None,
+            icu_rules=row.get("daticurules"),
+            builtin_locale=locale if provider == "builtin" else None,
+            tablespace=data["tablespace"],
+            connection_limit=int(row.get("datconnlimit", -1)),
+            comment=data["comment"],
+            has_acl=data["has_acl"],
+            grants=tuple(Grant(g["grantee"], g["privilege"], g["grantable"])
+                         for g in data["grants"]),
+            settings=settings,
+            size=int(data.get("size") or 0),
+        )
+
+
+def split_setting(item: str) -> tuple[str, str]:
+    """'work_mem=64MB' -> ('work_mem', '64MB'), as pg_db_role_setting stores them."""
+    name, _, value = item.partition("=")
+    return name, value
+
+
+def split_identifier_list(value: str) -> list[str]:
+    """A list setting as the server prints it ('"$user", public') -> its elements,
+    unquoted ('$user', 'public'). pg_dump's SplitGUCList, in Python."""
+    items, current, quoted, i = [], [], False, 0
+    while i < len(value):
+        char = value[i]
+        if quoted:
+            if char == '"' and value[i + 1:i + 2] == '"':
+                current.append('"')
+                i += 1
+            elif char == '"':
+                quoted = False
+            else:
+                current.append(char)
+        elif char == '"':
+            quoted = True
+        elif char == ",":
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    last = "".join(current).strip()
+    if last or items:
+        items.append(last)
+    return items
+
+
+def setting_value_sql(name: str, value: str) -> str:
+    if name.lower() in LIST_SETTINGS:
+        return ", ".join(quote_literal(item) for item in split_identifier_list(value))
+    return quote_literal(value)
+
+
+# --- statements -----------------------------------------------------------------------
+
+
+def create_database_sql(name: str, identity: DatabaseIdentity | None) -> str:
+    """CREATE DATABASE for the fresh copy: empty (template0), with the target's owner,
+    encoding, locale and tablespace, which only CREATE DATABASE can set."""
+    parts = [f"CREATE DATABASE {quote_ident(name)} WITH TEMPLATE template0"]
+    if identity is not None:
+        parts.append(f"OWNER {quote_ident(identity.owner)}")
+        parts.append(f"ENCODING {quote_literal(identity.encoding)}")
+        if identity.collate:
+            parts.append(f"LC_COLLATE {quote_literal(identity.collate)}")
+        if identity.ctype:
+            parts.append(f"LC_CTYPE {quote_literal(identity.ctype)}")
+        if identity.locale_provider == "icu":
+            parts.append("LOCALE_PROVIDER icu")
+            if identity.icu_locale:
+                parts.append(f"ICU_LOCALE {quote_literal(identity.icu_locale)}")
+            if identity.icu_rules:
+                parts.append(f"ICU_RULES {quote_literal(identity.icu_rules)}")
+        elif identity.locale_provider == "builtin":
+            parts.append("LOCALE_PROVIDER builtin")
+            if identity.builtin_locale:
+                parts.append(f"BUILTIN_LOCALE {quote_literal(identity.builtin_locale)}")
+        if identity.tablespace and identity.tablespace != "pg_default":
+            parts.append(f"TABLESPACE {quote_ident(identity.tablespace)}")
+    return " ".join(parts) + ";"
+
+
+def identity_sql(name: str, identity: DatabaseIdentity) -> list[str]:
+    """What the database `name` must be given to carry `identity` beyond CREATE DATABASE:
+    settings, per-role settings, comment, connection limit, grants. Run after the dump
+    was applied (a setting such as default_transaction_read_only must not apply to
+    the restore itself)."""
+    db = quote_ident(name)
+    statements = []
+    for setting in identity.settings:
+        value = setting_value_sql(setting.name, setting.value)
+        prefix = (f"ALTER ROLE {quote_ident(setting.role)} IN DATABASE {db}"
+                  if setting.role else f"ALTER DATABASE {db}")
+        statements.append(f"{prefix} SET {quote_ident(setting.name)} TO {value};")
+    if identity.comment is not None:
+        statements.append(f"COMMENT ON DATABASE {db} IS {quote_literal(identity.comment)};")
+    if identity.connection_limit != -1:
+        statements.append(f"ALTER DATABASE {db} WITH CONNECTION LIMIT"
+                          f" {identity.connection_limit};")
+    if identity.has_acl:
+        # Start from no privileges at all, then grant exactly what the target had.
+        statements.append(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC;")
+        statements.append(f"REVOKE ALL ON DATABASE {db} FROM {quote_ident(identity.owner)};")
+        for grant in identity.grants:
+            grantee = "PUBLIC" if grant.grantee is None else quote_ident(grant.grantee)
+            option = " WITH GRANT OPTION" if grant.grantable else ""
+            statements.append(f"GRANT {grant.privilege} ON DATABASE {db} TO {grantee}{option};")
+    return statements
+
+
+def close_sessions_sql(name: str) -> str:
+    """Terminate every other session on database `name` (pg_terminate_backend)."""
+    return ("SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity"
+            f" WHERE datname = {quote_literal(name)} AND pid <> pg_catalog.pg_backend_pid();")
+
+
+def swap_sql(target: str, fresh: str, undo: str | None,
+             identity: DatabaseIdentity | None) -> list[str]:
+    """The statements of the swap transaction (without BEGIN and COMMIT, which the
+    controlling process sends): the fresh database takes the target's identity, the
+    target's sessions are closed, the target becomes `undo` (None: there is no target
+    yet) and the fresh database takes its name. ALTER DATABASE ... RENAME waits a few
+    seconds for terminated sessions to go and is transactional: both renames or none."""
+    statements = ["SET standard_conforming_strings = on;", "SET lock_timeout = '30s';"]
+    if identity is not None:
+        statements += identity_sql(fresh, identity)
+    if undo is not None:
+        statements.append(close_sessions_sql(target))
+        statements.append(f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(undo)};")
+    statements.append(f"ALTER DATABASE {quote_ident(fresh)} RENAME TO {quote_ident(target)};")
+    return statements
+
+
+def undo_swap_sql(target: str, undo: str, spare: str) -> list[str]:
+    """Swap the undo copy and the target, through the free name `spare`: afterwards
+    the target is what it was before the last restore, and the undo copy holds what
+    that restore brought (so undoing twice is a redo)."""
+    return [
+        "SET lock_timeout = '30s';",
+        close_sessions_sql(target),
+        close_sessions_sql(undo),
+        f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(spare)};",
+        f"ALTER DATABASE {quote_ident(undo)} RENAME TO {quote_ident(target)};",
+        f"ALTER DATABASE {quote_ident(spare)} RENAME TO {quote_ident(undo)};",
+    ]
+
+
+# --- --in-place -----------------------------------------------------------------------
+
+# Empties the connected database inside the restore's own transaction, so that a pure
+# create script applies: every schema but the system ones is dropped with what it holds
+# (tables, types, functions, extensions living there), large objects are unlinked, and
+# `public` comes back empty with its owner, grants and comment. DROP SCHEMA needs the
+# schema's owner; each dropped object takes a lock, hence --in-place's lock-memory limit.
+IN_PLACE_CLEAR_SQL = r"""
+SET standard_conforming_strings = on;
+DO $carabase$
+DECLARE
+  public_owner oid; public_acl aclitem[]; public_comment text; item record;
+BEGIN
+  SELECT nspowner, nspacl, obj_description(oid, 'pg_namespace')
+    INTO public_owner, public_acl, public_comment
+    FROM pg_namespace WHERE nspname = 'public';
+  FOR item IN SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' LOOP
+    EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', item.extname);
+  END LOOP;
+  FOR item IN SELECT nspname FROM pg_namespace
+      WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+        AND nspname NOT LIKE 'pg\_toast%' AND nspname NOT LIKE 'pg\_temp\_%' LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', item.nspname);
+  END LOOP;
+  PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
+  IF public_owner IS NOT NULL THEN
+    EXECUTE format('CREATE SCHEMA public AUTHORIZATION %s', public_owner::regrole);
+    IF public_acl IS NOT NULL THEN
+      EXECUTE format('REVOKE ALL ON SCHEMA public FROM %s', public_owner::regrole);
+      FOR item IN SELECT * FROM aclexplode(public_acl) LOOP
+        EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', item.privilege_type,
+                       CASE WHEN item.grantee = 0 THEN 'PUBLIC'
+                            ELSE item.grantee::regrole::text END,
+                       CASE WHEN item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+      END LOOP;
+    END IF;
+    IF public_comment IS NOT NULL THEN
+      EXECUTE format('COMMENT ON SCHEMA public IS %L', public_comment);
+    END IF;
+  END IF;
+END
+$carabase$;
+"""

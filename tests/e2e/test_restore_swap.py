@@ -1,0 +1,449 @@
+"""Restores of real schemas through the command line: a fresh database built beside the
+target and swapped in, the undo copy, the target's identity, SIGKILL at the worst
+moments, and the role that may not create databases."""
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import swap
+from tests.e2e.real_schemas import (LARGE_OBJECTS_SQL, MANY_TABLES_SQL, available_extensions,
+                                    features_sql, full_snapshot)
+from tests.e2e.test_faults import start_invoke, wait_for
+from tests.pg import PgServer
+from tests.sample_db import VARIED_SCHEMA, snapshot
+from tests.support import clean_environ, run_invoke, seal_backup, take_backup
+
+
+def databases_like(pg, target: str) -> list[str]:
+    """The target and any database a restore of it made (undo copy, half-built one)."""
+    return pg.psql("postgres", "select datname from pg_database where datname like"
+                               f" '{target}%' order by 1").split()
+
+
+def restore(environ, env: str, backup: Path, *options: str):
+    result = run_invoke("backup.restore", env, str(backup), "--yes", *options, env=environ,
+                        timeout=300)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+# --- real schemas: one backup per schema, shared by the tests ---------------------------
+
+
+@pytest.fixture(scope="module")
+def module_environ(tmp_path_factory, pg):
+    """A key, a backup root and an absent prod for the whole module."""
+    root = tmp_path_factory.mktemp("restore-swap")
+    (root / "home").mkdir()
+    key = root / "master.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    return clean_environ(root / "home", root / "backups", HOST_MASTER_KEY_FILE=str(key),
+                         CARABASE_PROD_DATABASE_URL=pg.url("carabase_prod_absent"))
+
+
+SCHEMAS = {
+    "features": None,  # built from real_schemas.features_sql with this server's extensions
+    "2000 tables": MANY_TABLES_SQL,
+    "2000 large objects": LARGE_OBJECTS_SQL,
+}
+
+
+@pytest.fixture(scope="module", params=list(SCHEMAS))
+def schema_backup(request, pg, module_environ):
+    """(source database, its backup, its snapshot) for each nasty schema."""
+    sql = SCHEMAS[request.param] or features_sql(available_extensions(pg))
+    source = pg.create_database("carabase_real")
+    try:
+        pg.psql(source, sql)
+        environ = {**module_environ, "CARABASE_DEV_DATABASE_URL": pg.url(source)}
+        backup = take_backup(environ)
+        yield request.param, source, backup, full_snapshot(pg, source)
+    finally:
+        pg.drop_database(source)
+
+
+def test_each_schema_holds_what_it_claims(pg, schema_backup):
+    name, _, _, expected = schema_backup
+    catalog = "\n".join(expected["catalog"])
+    if name == "2000 tables":
+        assert len([row for row in expected["rows"] if row.startswith("public.t")]) == 2000
+    elif name == "2000 large objects":
+        assert "large objects|2000|" in catalog
+    else:
+        assert "domain|public|positive_int|CHECK ((VALUE > 0)) NOT VALID validated=false" \
+            in catalog
+        assert "relation|public|measurement|p" in catalog
+        assert "rls|public|secrets|true true" in catalog
+        assert "relation|public|big_shapes|m" in catalog
+        assert 'Weird "Schema"' in catalog
+        if not available_extensions(pg):
+            pytest.skip("no contrib extension (pg_trgm, hstore, citext) on this server")
+        assert "extension|" in catalog.replace("extension|plpgsql", "")
+
+
+def test_restore_over_another_schema_then_again_gives_exactly_the_backup(
+        pg, module_environ, schema_backup, database_factory):
+    _, _, backup, expected = schema_backup
+    target = database_factory()
+    # Other contents, including a table of the same name as one of the backup's.
+    pg.psql(target, VARIED_SCHEMA + "create table measurement (other text);"
+                                    " create table t1 (x int references item(id));")
+    before = full_snapshot(pg, target)
+    environ = {**module_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target)}
+
+    first = restore(environ, "staging", backup)
+    assert first.returncode == 0, first.stderr
+    assert full_snapshot(pg, target) == expected
+    assert full_snapshot(pg, swap.undo_name(target)) == before
+    database_factory.adopt(swap.undo_name(target))
+
+    second = restore(environ, "staging", backup)
+    assert second.returncode == 0, second.stderr
+    assert full_snapshot(pg, target) == expected
+    assert databases_like(pg, target) == [target, swap.undo_name(target)]
+    assert "backup.undo-restore staging" in second.stdout.splitlines()[-1]
+
+
+# The features schema: its NOT VALID domain constraint and partitioned keys are what the
+# old --clean block failed on.
+@pytest.mark.parametrize("schema_backup", ["features"], indirect=True)
+def test_older_backup_made_with_clean_if_exists_still_restores(
+        pg, module_environ, schema_backup, database_factory, tmp_path):
+    _, source, _, expected = schema_backup
+    dump = subprocess.run(["pg_dump", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                           "--quote-all-identifiers", "--dbname", pg.url(source)],
+                          capture_output=True, check=True).stdout
+    assert b"ALTER DOMAIN" in dump and b"DROP CONSTRAINT IF EXISTS" in dump
+    key = Path(module_environ["HOST_MASTER_KEY_FILE"]).read_text().strip()
+    old = seal_backup(tmp_path / "2025-01-01T031700.sql.gz.enc", gzip.compress(dump), key)
+    target = database_factory()
+    environ = {**module_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target)}
+
+    result = restore(environ, "staging", old, "--no-keep")
+
+    assert result.returncode == 0, result.stderr
+    assert full_snapshot(pg, target) == expected
+    assert databases_like(pg, target) == [target]  # --no-keep: no undo copy
+
+
+# --- undo ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def varied_backup(dev_environ, pg, source_db):
+    """A backup of the varied database, then the database changed after it."""
+    backup = take_backup(dev_environ)
+    pg.psql(source_db, "update item set name = 'changed after the backup';"
+                       " create table added_after (id int); insert into added_after values (1);")
+    return backup
+
+
+def test_undo_restore_brings_back_exactly_the_replaced_contents_and_undo_again_redoes(
+        pg, dev_environ, source_db, varied_backup, database_factory):
+    replaced = full_snapshot(pg, source_db)
+    assert restore(dev_environ, "dev", varied_backup).returncode == 0
+    database_factory.adopt(swap.undo_name(source_db))
+    restored = full_snapshot(pg, source_db)
+    assert restored != replaced and "added_after" not in str(restored)
+
+    undo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+
+    assert undo.returncode == 0, undo.stderr
+    assert full_snapshot(pg, source_db) == replaced
+    redo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+    assert redo.returncode == 0, redo.stderr
+    assert full_snapshot(pg, source_db) == restored
+
+
+def test_undo_restore_without_an_undo_copy_says_so(dev_environ):
+    result = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+
+    assert result.returncode != 0 and "there is no undo copy" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_undo_restore_of_prod_needs_i_know(dev_environ):
+    result = run_invoke("backup.undo-restore", "prod", "--yes", env=dev_environ)
+
+    assert result.returncode != 0 and "--i-know" in result.stderr
+
+
+def test_restore_closes_the_targets_sessions_after_saying_how_many(
+        pg, dev_environ, source_db, varied_backup, database_factory):
+    database_factory.adopt(swap.undo_name(source_db))
+    idle = subprocess.Popen(["psql", "-X", "-q", "-d", source_db], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **pg.libpq_env()})
+    try:
+        idle.stdin.write(b"select 1;\n")
+        idle.stdin.flush()
+        wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                             f" datname = '{source_db}'").strip() == "1",
+                 "the idle session to connect")
+        controller, terminal = os.openpty()
+        try:
+            os.write(controller, b"yes\n")
+            result = run_invoke("backup.restore", "dev", str(varied_backup), env=dev_environ,
+                                stdin=terminal, timeout=120)
+        finally:
+            os.close(controller)
+            os.close(terminal)
+    finally:
+        idle.kill()
+        idle.wait()
+
+    assert "1 session is connected to it and will be closed." in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "added_after" not in str(full_snapshot(pg, source_db))
+
+
+# --- identity -------------------------------------------------------------------------
+
+
+IDENTITY_SQL = """
+select pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+       d.datconnlimit, d.datacl, shobj_description(d.oid, 'pg_database'),
+       (select string_agg(coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '-') || ' '
+                          || array_to_string(s.setconfig, ';'), ' | ' order by s.setrole)
+          from pg_db_role_setting s where s.setdatabase = d.oid)
+from pg_database d where d.datname = '{name}'
+"""
+
+
+def test_the_env_database_keeps_owner_settings_comment_and_grants_across_a_restore(
+        pg, keyed_environ, source_db, database_factory):
+    backup = take_backup({**keyed_environ, "CARABASE_DEV_DATABASE_URL": pg.url(source_db),
+                          "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent")})
+    target = "carabase_identity_" + "x" * 45  # 63 bytes: the copies' names must be cut
+    database_factory.adopt(target)
+    database_factory.adopt(swap.undo_name(target))
+    pg.psql("postgres", f"""
+        do $$ begin
+          if not exists (select from pg_roles where rolname = 'carabase_app') then
+            create role carabase_app;
+          end if;
+        end $$;
+        create database "{target}" owner carabase_app connection limit 40;
+        alter database "{target}" set work_mem = '7MB';
+        alter database "{target}" set search_path = '$user', public, "Odd Schema";
+        alter role carabase_app in database "{target}" set statement_timeout = '5s';
+        comment on database "{target}" is 'the env''s own database';
+        revoke all on database "{target}" from public;
+        grant connect on database "{target}" to carabase_app;
+    """)
+    identity = pg.psql("postgres", IDENTITY_SQL.format(name=target))
+    environ = {**keyed_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target),
+               "CARABASE_PROD_DATABASE_URL": pg.url("carabase_prod_absent")}
+
+    result = restore(environ, "staging", backup)
+
+    assert result.returncode == 0, result.stderr
+    assert pg.psql("postgres", IDENTITY_SQL.format(name=target)) == identity
+    assert "carabase_app" in identity and "Odd Schema" in identity and "7MB" in identity
+    assert snapshot(pg, target) == snapshot(pg, source_db)
+    assert len(swap.undo_name(target).encode()) <= 63
+    assert pg.database_exists(swap.undo_name(target))
+
+
+# --- SIGKILL of the controlling process -----------------------------------------------
+
+
+@pytest.fixture
+def slow_backup(master_key, tmp_path):
+    """A backup whose apply creates a table, then dawdles."""
+    sql = b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(60);\n"
+    return seal_backup(tmp_path / "2026-02-02T031700.sql.gz.enc", gzip.compress(sql),
+                       master_key)
+
+
+def query_waiting(pg, dbname: str, like: str) -> bool:
+    return pg.psql("postgres", "select count(*) from pg_stat_activity where query like"
+                               f" '{like}' and datname = '{dbname}'").strip() != "0"
+
+
+def test_sigkill_during_the_apply_leaves_the_target_and_the_next_restore_cleans_up(
+        pg, dev_environ, source_db, slow_backup, database_factory):
+    good = take_backup(dev_environ)
+    pg.psql(source_db, "update item set name = 'live'")
+    before = snapshot(pg, source_db)
+    restoring = swap.restoring_name(source_db)
+    database_factory.adopt(swap.undo_name(source_db))
+
+    killed = start_invoke("backup.restore", "dev", str(slow_backup), "--yes", env=dev_environ)
+    wait_for(lambda: query_waiting(pg, restoring, "%pg_sleep%"), "the apply to be under way")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=30)
+
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db, restoring]  # half-built, left over
+    after = restore(dev_environ, "dev", good)  # the orphaned psql is still sleeping in it
+    assert after.returncode == 0, after.stderr
+    assert databases_like(pg, source_db) == [source_db, swap.undo_name(source_db)]
+    assert snapshot(pg, swap.undo_name(source_db)) == before
+
+
+def test_sigkill_while_the_swap_waits_commits_nothing(
+        pg, dev_environ, source_db, database_factory, master_key, tmp_path):
+    good = take_backup(dev_environ)
+    backup = seal_backup(tmp_path / "2026-02-04T031700.sql.gz.enc", gzip.compress(
+        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+    pg.psql(source_db, "update item set name = 'live'")
+    before = snapshot(pg, source_db)
+    restoring = swap.restoring_name(source_db)
+    database_factory.adopt(restoring)
+    killed = start_invoke("backup.restore", "dev", str(backup), "--yes", env=dev_environ)
+    wait_for(lambda: query_waiting(pg, restoring, "%pg_sleep%"), "the apply to be under way")
+    # Meanwhile another session renames the target and back in an open transaction: it
+    # holds the lock the swap's own rename needs, so the swap waits, inside its transaction.
+    blocker = subprocess.Popen(["psql", "-X", "-q", "-d", "postgres"], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **pg.libpq_env()})
+    try:
+        blocker.stdin.write(f'begin; alter database "{source_db}" rename to "{source_db}_x";'
+                            f' alter database "{source_db}_x" rename to "{source_db}";\n'
+                            .encode())
+        blocker.stdin.flush()
+        wait_for(lambda: query_waiting(pg, "postgres", "ALTER DATABASE%RENAME%")
+                 and pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                         " wait_event_type = 'Lock'").strip() != "0",
+                 "the swap to wait for the lock")
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.communicate(timeout=30)
+        blocker.stdin.write(b"rollback;\n")
+        blocker.stdin.close()
+        blocker.wait(timeout=30)
+    finally:
+        blocker.kill()
+    # The swap's psql gets its lock now, then finds the end of its script: no COMMIT.
+    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                         " application_name = 'carabase-backup'").strip() == "0",
+             "the orphaned psql to end")
+
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db, restoring]  # left for the next one
+    database_factory.adopt(swap.undo_name(source_db))
+    after = restore(dev_environ, "dev", good)
+    assert after.returncode == 0, after.stderr
+    assert databases_like(pg, source_db) == [source_db, swap.undo_name(source_db)]
+    assert snapshot(pg, swap.undo_name(source_db)) == before
+
+
+def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, source_db,
+                                                           master_key, tmp_path):
+    pg.psql(source_db, "update item set name = 'live'")
+    before = snapshot(pg, source_db)
+    short = seal_backup(tmp_path / "2026-02-03T031700.sql.gz.enc", gzip.compress(
+        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+
+    killed = start_invoke("backup.restore", "dev", str(short), "--yes", "--in-place",
+                          env=dev_environ)
+    wait_for(lambda: query_waiting(pg, source_db, "%pg_sleep%"), "the apply to be under way")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=30)
+    # psql goes on to the end of the dump, then finds no COMMIT.
+    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                                         " application_name = 'carabase-backup'").strip() == "0",
+             "the orphaned psql to end")
+
+    assert snapshot(pg, source_db) == before
+
+
+# --- a role that may not create databases -----------------------------------------------
+
+
+@pytest.fixture
+def plain_role_environ(pg, dev_environ, source_db):
+    """dev's URL as a role that owns the database but may not create databases."""
+    pg.psql("postgres", f"""
+        do $$ begin
+          if not exists (select from pg_roles where rolname = 'carabase_plain') then
+            create role carabase_plain login nocreatedb;
+          end if;
+        end $$;
+        alter database "{source_db}" owner to carabase_plain;
+    """)
+    pg.psql(source_db, "alter table item owner to carabase_plain;"
+            " alter table note owner to carabase_plain;"
+            " alter view happy_item owner to carabase_plain;"
+            " alter sequence invoice_number owner to carabase_plain;"
+            " alter type mood owner to carabase_plain;"
+            " alter function item_count(bigint) owner to carabase_plain;")
+    plain = PgServer(pg.host, pg.port, "carabase_plain", pg.password)
+    return {**dev_environ, "CARABASE_DEV_DATABASE_URL": plain.url(source_db)}
+
+
+def test_role_without_createdb_gets_a_one_line_refusal_then_in_place_works(
+        pg, dev_environ, plain_role_environ, source_db):
+    backup = take_backup(dev_environ)
+    expected = snapshot(pg, source_db)
+    pg.psql(source_db, "update item set name = 'live'; create table extra (id int);")
+    before = snapshot(pg, source_db)
+
+    refused = restore(plain_role_environ, "dev", backup)
+
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "may not create databases" in refused.stderr and "--in-place" in refused.stderr
+    assert snapshot(pg, source_db) == before
+
+    in_place = restore(plain_role_environ, "dev", backup, "--in-place")
+
+    assert in_place.returncode == 0, in_place.stderr
+    assert snapshot(pg, source_db) == expected
+    assert databases_like(pg, source_db) == [source_db]
+
+
+# --- also fixed -------------------------------------------------------------------------
+
+
+def test_missing_psql_is_named(dev_environ, tmp_path):
+    backup = take_backup(dev_environ)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "gzip", "pg_dump"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+
+    result = restore({**dev_environ, "PATH": str(bin_dir)}, "dev", backup)
+
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("restore into dev: psql is not installed or not on PATH"
+                                     " (install the PostgreSQL client tools)")
+
+
+def test_unusable_tmpdir_is_refused_naming_it(dev_environ, tmp_path):
+    backup = take_backup(dev_environ)
+    missing = tmp_path / "no-such-dir"
+
+    result = restore({**dev_environ, "TMPDIR": str(missing)}, "dev", backup)
+
+    assert result.returncode != 0
+    assert f"TMPDIR={missing} does not exist" in result.stderr
+
+
+def test_role_that_does_not_own_the_target_is_refused_before_anything_is_built(
+        pg, dev_environ, source_db):
+    backup = take_backup(dev_environ)
+    pg.psql("postgres", """
+        do $$ begin
+          if not exists (select from pg_roles where rolname = 'carabase_creator') then
+            create role carabase_creator login createdb;
+          end if;
+        end $$;
+    """)
+    before = snapshot(pg, source_db)
+    creator = PgServer(pg.host, pg.port, "carabase_creator", pg.password)
+
+    result = restore({**dev_environ, "CARABASE_DEV_DATABASE_URL": creator.url(source_db)},
+                     "dev", backup)
+
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not own" in result.stderr and "its owner is postgres" in result.stderr
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db]

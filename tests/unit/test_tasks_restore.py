@@ -1,0 +1,61 @@
+"""How restore composes its commands (the end-to-end tests run them for real)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from invoke import MockContext, Result
+
+import tasks
+from helpers.config import parse_database_url
+from helpers.errors import UserError
+from helpers.restore import DumpFacts
+
+
+def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    plaintext = tmp_path / "dump.sql.gz"
+    plaintext.write_bytes(b"")
+    db = parse_database_url("postgresql://u:pw@h/db__carabase_restoring", "V")
+    context = MockContext(run=Result(exited=0), repeat=True)
+
+    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=True), db, "restore into dev")
+
+    (command,), options = context.run.call_args
+    inflate = f"{sys.executable} -m isal.igzip -dc < {plaintext}"
+    assert command.startswith(f"set -o pipefail; {inflate} | ")
+    assert "-m helpers.clean_section | psql -X --quiet --set ON_ERROR_STOP=on" in command
+    assert "--dbname postgresql://u@h/db__carabase_restoring" in command
+    assert "pw" not in command.replace("pipefail", "")
+    assert options["env"]["PGOPTIONS"] == "-c synchronous_commit=off"
+
+
+def test_a_pure_create_script_goes_straight_to_psql(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    plaintext = tmp_path / "dump.sql.gz"
+    plaintext.write_bytes(b"")
+
+    stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
+
+    assert stream == f"{sys.executable} -m isal.igzip -dc < {plaintext}"
+
+
+def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: False)
+    plaintext = tmp_path / "dump.sql.gz"
+    plaintext.write_bytes(b"")
+
+    stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
+
+    assert stream == f"gzip -dc < {plaintext}"
+
+
+def test_a_role_without_createdb_is_refused_pointing_to_in_place():
+    db = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
+    context = MockContext(run=Result(stdout="f|t\n"))
+
+    with pytest.raises(UserError, match=r"may not create databases.*--in-place"):
+        tasks.refuse_without_createdb(context, db.on_database("postgres"), db, None, "restore")
