@@ -295,11 +295,11 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext:
         facts = decrypt_and_check(key, source, plaintext, action)
-        identity = database_identity(c, server, target.name, action)
+        probe = probe_target(c, server, target.name, action)
+        identity = probe.identity
         if not in_place:
-            refuse_without_createdb(c, server, target, identity, action)
-        confirm_restore(source, env, target, yes, action, count_sessions(c, server, target.name),
-                        in_place=in_place)
+            refuse_without_createdb(target, probe, action)
+        confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:
             apply_in_place(c, plaintext, facts, target, identity, action)
@@ -327,8 +327,8 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
-    drop_database(c, fresh)  # what a killed restore left half-built
-    create_fresh_database(c, server, fresh.name, identity, action)
+    # One psql: drop what a killed restore left half-built, create the fresh database.
+    create_fresh_database(c, server, fresh.name, identity, action, replace=True)
     try:
         apply_dump(c, plaintext, facts, fresh, action)
         if undo is not None:
@@ -372,38 +372,41 @@ def database_identity(c, server: Database, name: str,
     return swap.DatabaseIdentity.from_json(row) if row else None
 
 
-def count_sessions(c, server: Database, name: str) -> int:
-    """Sessions connected to database `name` now (the swap will close them)."""
-    result = run_sql(c, server, "select count(*) from pg_stat_activity where datname = :'name'",
-                     name=name)
-    return int(result.stdout.strip()) if result.ok and result.stdout.strip().isdigit() else 0
+def probe_target(c, server: Database, name: str, action: str) -> swap.Probe:
+    """What the restore needs to know of database `name` before it starts, in one psql
+    (helpers.swap.PROBE_QUERY)."""
+    result = run_sql(c, server, swap.PROBE_QUERY, name=name)
+    if not result.ok:
+        raise UserError(f"{action}: cannot connect to the server of {server.uri}:"
+                        f" {failure(result, server)}")
+    return swap.Probe.from_json(result.stdout.strip())
 
 
-def refuse_without_createdb(c, server: Database, target: Database,
-                            identity: swap.DatabaseIdentity | None, action: str) -> None:
+def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) -> None:
     """Before anything is built: the role must create databases, and rename the target
     (own it), or the restore would fail only at the swap."""
-    result = run_sql(c, server, "select rolcreatedb or rolsuper, rolsuper or case when"
-                                " :'owner' = '' then true else pg_has_role(:'owner', 'MEMBER')"
-                                " end from pg_roles where rolname = current_user",
-                     owner=identity.owner if identity else "")
-    creates, owns = [*result.stdout.strip().split("|"), "", ""][:2]
-    if result.ok and creates == "f":
+    if not probe.creates:
         raise UserError(f"{action} refused: the role of {target.variable} may not create"
                         " databases, and a restore builds a fresh one; grant it CREATEDB, or"
                         " pass --in-place to apply inside the existing database in one"
                         " transaction (see its limits in README.md)")
-    if result.ok and identity is not None and owns == "f":
+    if probe.identity is not None and not probe.owns:
         raise UserError(f"{action} refused: the role of {target.variable} does not own"
-                        f" {target.name} (its owner is {identity.owner}), and a restore renames"
-                        " it to keep it as the undo copy; connect as its owner, or pass"
-                        " --in-place (see its limits in README.md)")
+                        f" {target.name} (its owner is {probe.identity.owner}), and a restore"
+                        " renames it to keep it as the undo copy; connect as its owner, or"
+                        " pass --in-place (see its limits in README.md)")
 
 
 def create_fresh_database(c, server: Database, name: str,
-                          identity: swap.DatabaseIdentity | None, action: str) -> None:
-    """An empty database `name` on `server`, with `identity`'s owner, encoding, locale."""
-    result = run_sql(c, server, swap.create_database_sql(name, identity))
+                          identity: swap.DatabaseIdentity | None, action: str,
+                          replace: bool = False) -> None:
+    """An empty database `name` on `server`, with `identity`'s owner, encoding, locale;
+    `replace`: drop a database of that name first (FORCE: an orphaned psql of a killed
+    restore may still be connected to it)."""
+    sql = swap.create_database_sql(name, identity)
+    if replace:
+        sql = f"DROP DATABASE IF EXISTS {swap.quote_ident(name)} WITH (FORCE);\n{sql}"
+    result = run_sql(c, server, sql)
     if not result.ok:
         raise UserError(f"{action}: cannot create the database to restore into ({name}):"
                         f" {failure(result, server)}")
@@ -537,8 +540,8 @@ def undo_restore(c, env, yes=False, i_know=False):
         if kept is None:
             raise UserError(f"{action}: there is no undo copy of {target.name} ({undo}): no"
                             " restore kept one (--no-keep), or it was undone and dropped")
-        current = database_identity(c, server, target.name, action)
-        sessions = count_sessions(c, server, target.name)
+        probe = probe_target(c, server, target.name, action)
+        current, sessions = probe.identity, probe.sessions
         ask(f"This puts back {env}'s database {target.uri} as it was before the last restore"
             f" (kept as {undo}, {progress.human_bytes(kept.size)}), and keeps what is there"
             f" now as the undo copy. {sessions_phrase(sessions)}", action, yes)

@@ -89,6 +89,37 @@ from pg_database d where d.datname = :'name'
 """
 
 
+# Everything a restore asks the server before it starts, in one query (one psql): the
+# target's identity (None when it does not exist), whether this role may create
+# databases and owns the target, and how many sessions the swap will close.
+PROBE_QUERY = f"""
+select json_build_object(
+  'identity', ({IDENTITY_QUERY.strip()}),
+  'creates', (select rolcreatedb or rolsuper from pg_roles where rolname = current_user),
+  'owns', (select r.rolsuper or pg_has_role(d.datdba, 'MEMBER')
+           from pg_roles r, pg_database d where r.rolname = current_user
+           and d.datname = :'name'),
+  'sessions', (select count(*) from pg_stat_activity where datname = :'name'))
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """PROBE_QUERY's answer."""
+
+    identity: DatabaseIdentity | None
+    creates: bool  # may create databases
+    owns: bool  # may rename the target (owns it, or is superuser); True with no target
+    sessions: int
+
+    @classmethod
+    def from_json(cls, text: str) -> Probe:
+        data = json.loads(text)
+        identity = data["identity"]
+        return cls(DatabaseIdentity.from_json(json.dumps(identity)) if identity else None,
+                   bool(data["creates"]), data["owns"] is not False, int(data["sessions"]))
+
+
 @dataclass(frozen=True)
 class Grant:
     grantee: str | None  # None: PUBLIC

@@ -55,7 +55,23 @@ def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
 
 def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     db = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
-    context = MockContext(run=Result(stdout="f|t\n"))
+    context = MockContext(run=Result(
+        stdout='{"identity": null, "creates": false, "owns": null, "sessions": 0}\n'))
 
+    probe = tasks.probe_target(context, db.on_database("postgres"), db.name, "restore")
     with pytest.raises(UserError, match=r"may not create databases.*--in-place"):
-        tasks.refuse_without_createdb(context, db.on_database("postgres"), db, None, "restore")
+        tasks.refuse_without_createdb(db, probe, "restore")
+    (command,), _ = context.run.call_args
+    assert "--set name=carabase_dev" in command  # one psql asks everything, name by psql
+
+
+def test_a_fresh_database_replaces_a_leftover_in_the_same_psql():
+    server = parse_database_url("postgresql:///postgres", "V")
+    context = MockContext(run=Result(exited=0))
+
+    tasks.create_fresh_database(context, server, "app__carabase_restoring", None, "restore",
+                                replace=True)
+
+    (command,), _ = context.run.call_args
+    assert ('DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);\\nCREATE DATABASE'
+            ' "app__carabase_restoring" WITH TEMPLATE template0;') in command.replace("\n", "\\n")
