@@ -331,10 +331,10 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     create_fresh_database(c, server, fresh.name, identity, action, replace=True)
     try:
         apply_dump(c, plaintext, facts, fresh, action)
-        if undo is not None:
-            drop_database(c, target.on_database(undo))  # the previous restore's copy
+        # The previous restore's undo copy goes just before the swap, in the swap's psql.
         result = rename_databases(c, server, swap.swap_sql(target.name, fresh.name, undo,
-                                                           identity), action)
+                                                           identity), action,
+                                  before=swap.drop_database_sql(undo) if undo else "")
         if not result.ok:
             raise UserError(f"{action} failed, {target.name} was not changed: could not swap"
                             f" in the restored database: {failure(result, target)}")
@@ -345,11 +345,13 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
         drop_database(c, target.on_database(undo))
 
 
-def rename_databases(c, server: Database, statements: list[str], action: str):
-    """The swap transaction; tried again (three times in all) when a client connected to
-    the target between the closing of its sessions and the rename."""
+def rename_databases(c, server: Database, statements: list[str], action: str,
+                     before: str = ""):
+    """The swap transaction, after `before` (statements outside it); tried again (three
+    times in all) when a client connected to the target between the closing of its
+    sessions and the rename."""
     for _attempt in range(3):
-        result = held_transaction(c, server, "\n".join(statements), action)
+        result = held_transaction(c, server, "\n".join(statements), action, before=before)
         if result.ok or "is being accessed by other users" not in result.stderr:
             break
     return result
@@ -405,7 +407,7 @@ def create_fresh_database(c, server: Database, name: str,
     restore may still be connected to it)."""
     sql = swap.create_database_sql(name, identity)
     if replace:
-        sql = f"DROP DATABASE IF EXISTS {swap.quote_ident(name)} WITH (FORCE);\n{sql}"
+        sql = f"{swap.drop_database_sql(name)}\n{sql}"
     result = run_sql(c, server, sql)
     if not result.ok:
         raise UserError(f"{action}: cannot create the database to restore into ({name}):"
@@ -460,8 +462,9 @@ READY = "carabase: ready to commit"
 
 
 def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | None = None,
-                     ready=None):
-    """Run `sql` on `db` in one transaction that only this process can commit.
+                     ready=None, before: str = ""):
+    """Run `sql` on `db` in one transaction that only this process can commit (after
+    `before`, statements that run on their own first, in the same psql).
 
     psql reads its script from a FIFO this process writes: BEGIN, `sql`, a marker that
     psql prints once everything succeeded, and, only after that marker (and `ready()`,
@@ -481,7 +484,7 @@ def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | 
         if writer is not None:
             try:
                 with writer:
-                    writer.write(f"BEGIN;\n{sql}\n\\warn '{READY}'\n")
+                    writer.write(f"{before}\nBEGIN;\n{sql}\n\\warn '{READY}'\n")
                     writer.flush()
                     while READY not in "".join(promise.runner.stderr):
                         if promise.runner.process_is_finished:

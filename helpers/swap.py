@@ -226,6 +226,12 @@ def setting_value_sql(name: str, value: str) -> str:
 # --- statements -----------------------------------------------------------------------
 
 
+def drop_database_sql(name: str) -> str:
+    """DROP DATABASE, if it exists, whoever is connected (FORCE: an orphaned psql of a
+    killed restore may still be)."""
+    return f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);"
+
+
 def create_database_sql(name: str, identity: DatabaseIdentity | None) -> str:
     """CREATE DATABASE for the fresh copy: empty (template0), with the target's owner,
     encoding, locale and tablespace, which only CREATE DATABASE can set."""
