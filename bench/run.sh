@@ -4,6 +4,8 @@
 #   bench/run.sh [--scale N] [--runs N] [--url postgresql://user@host:port/postgres]
 #
 # Installs the project into .venv the first time, then runs bench/run.py with it.
+# bench/floor.py (backup and restore against the bare pg_dump / psql floor) runs with
+# the same .venv: .venv/bin/python bench/floor.py [--scale N] [--runs N] [--url URL]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$repo/.venv/bin/invoke" ]; then
