@@ -25,6 +25,7 @@ See README.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -254,17 +255,19 @@ def require_programs(action: str) -> None:
             raise UserError(f"{action}: {program} is not installed or not on PATH ({fix})")
 
 
-def guard_env(c, env: str, i_know: bool, action: str) -> Database:
-    """The env's database, once the prod guardrails let `action` at it."""
+def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Probe]:
+    """The env's database, once the prod guardrails let `action` at it, and what the
+    server says of it (probe_target)."""
     check_env(env)
     i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
     if env == "prod" and not i_know:
         raise UserError(f"{action} refused: touching prod's database needs --i-know"
                         " (or CARABASE_I_KNOW=1)")
     target = database(env)
+    probe = probe_target(c, target, action)
     if env != "prod":
-        refuse_if_reaches_prod(c, target, action)
-    return target
+        refuse_if_reaches_prod(c, target, (probe.cluster, probe.database), action)
+    return target, probe
 
 
 @task(
@@ -289,14 +292,12 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         raise UserError(f"{action}: {source} is not a file")
     key = require_key()
     require_programs(action)
-    target = guard_env(c, env, i_know, action)
-    server = maintenance_of(target)
+    target, probe = guard_env(c, env, i_know, action)
+    identity = probe.identity
 
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext:
         facts = decrypt_and_check(key, source, plaintext, action)
-        probe = probe_target(c, server, target.name, action)
-        identity = probe.identity
         if not in_place:
             refuse_without_createdb(target, probe, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
@@ -374,14 +375,18 @@ def database_identity(c, server: Database, name: str,
     return swap.DatabaseIdentity.from_json(row) if row else None
 
 
-def probe_target(c, server: Database, name: str, action: str) -> swap.Probe:
-    """What the restore needs to know of database `name` before it starts, in one psql
-    (helpers.swap.PROBE_QUERY)."""
-    result = run_sql(c, server, swap.PROBE_QUERY, name=name)
-    if not result.ok:
-        raise UserError(f"{action}: cannot connect to the server of {server.uri}:"
-                        f" {failure(result, server)}")
-    return swap.Probe.from_json(result.stdout.strip())
+def probe_target(c, target: Database, action: str) -> swap.Probe:
+    """What a restore needs to know of the target before it starts, in one psql
+    (helpers.swap.PROBE_QUERY): asked on the target database itself, so that the prod
+    guard sees where its URL really leads; on the server's maintenance database when
+    the target does not exist yet (it is then named as its URL names it)."""
+    for db in (target, maintenance_of(target)):
+        result = run_sql(c, db, swap.PROBE_QUERY, name=target.name)
+        if result.ok:
+            probe = swap.Probe.from_json(result.stdout.strip())
+            return probe if db is target else dataclasses.replace(probe, database=target.name)
+    raise UserError(f"{action}: cannot connect to the server of {target.uri}:"
+                    f" {failure(result, target)} (check {target.variable})")
 
 
 def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) -> None:
@@ -535,7 +540,7 @@ def undo_restore(c, env, yes=False, i_know=False):
     action = f"undo-restore {env}"
     check_env(env)
     require_programs(action)
-    target = guard_env(c, env, i_know, action)
+    target, probe = guard_env(c, env, i_know, action)
     server = maintenance_of(target)
     undo = swap.undo_name(target.name)
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
@@ -543,7 +548,6 @@ def undo_restore(c, env, yes=False, i_know=False):
         if kept is None:
             raise UserError(f"{action}: there is no undo copy of {target.name} ({undo}): no"
                             " restore kept one (--no-keep), or it was undone and dropped")
-        probe = probe_target(c, server, target.name, action)
         current, sessions = probe.identity, probe.sessions
         ask(f"This puts back {env}'s database {target.uri} as it was before the last restore"
             f" (kept as {undo}, {progress.human_bytes(kept.size)}), and keeps what is there"
@@ -589,12 +593,10 @@ def server_identity(c, db: Database) -> tuple[str, str] | None:
     return None
 
 
-def refuse_if_reaches_prod(c, target: Database, action: str) -> None:
+def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str],
+                           action: str) -> None:
+    """Refuse when `target_identity` (cluster, database) is where prod's URL leads."""
     prod = database("prod")
-    target_identity = server_identity(c, target)
-    if target_identity is None:
-        raise UserError(f"{action}: cannot connect to the server of {target.uri}"
-                        f" (check {target.variable})")
     prod_identity = server_identity(c, prod)
     if prod_identity is None and os.environ.get(prod.variable):
         # A configured prod we cannot reach might be this very server under another

@@ -89,17 +89,22 @@ from pg_database d where d.datname = :'name'
 """
 
 
-# Everything a restore asks the server before it starts, in one query (one psql): the
-# target's identity (None when it does not exist), whether this role may create
-# databases and owns the target, and how many sessions the swap will close.
+# Everything a restore asks the server before it starts, in one query (one psql): where
+# the connection leads (the cluster's system identifier and the database the server
+# says it is: the prod guard compares these), the target's identity (None when it does
+# not exist), whether this role may create databases and owns the target, and how many
+# sessions the swap will close.
 PROBE_QUERY = f"""
 select json_build_object(
+  'cluster', (select system_identifier::text from pg_control_system()),
+  'database', current_database(),
   'identity', ({IDENTITY_QUERY.strip()}),
   'creates', (select rolcreatedb or rolsuper from pg_roles where rolname = current_user),
   'owns', (select r.rolsuper or pg_has_role(d.datdba, 'MEMBER')
            from pg_roles r, pg_database d where r.rolname = current_user
            and d.datname = :'name'),
-  'sessions', (select count(*) from pg_stat_activity where datname = :'name'))
+  'sessions', (select count(*) from pg_stat_activity where datname = :'name'
+               and pid <> pg_backend_pid()))
 """
 
 
@@ -107,6 +112,8 @@ select json_build_object(
 class Probe:
     """PROBE_QUERY's answer."""
 
+    cluster: str  # the system identifier of the cluster the connection reached
+    database: str  # the database it reached, as the server names it
     identity: DatabaseIdentity | None
     creates: bool  # may create databases
     owns: bool  # may rename the target (owns it, or is superuser); True with no target
@@ -116,7 +123,8 @@ class Probe:
     def from_json(cls, text: str) -> Probe:
         data = json.loads(text)
         identity = data["identity"]
-        return cls(DatabaseIdentity.from_json(json.dumps(identity)) if identity else None,
+        return cls(str(data["cluster"]), data["database"],
+                   DatabaseIdentity.from_json(json.dumps(identity)) if identity else None,
                    bool(data["creates"]), data["owns"] is not False, int(data["sessions"]))
 
 

@@ -56,13 +56,15 @@ def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
 def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     db = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
     context = MockContext(run=Result(
-        stdout='{"identity": null, "creates": false, "owns": null, "sessions": 0}\n'))
+        stdout='{"cluster": "7712428185212053603", "database": "carabase_dev",'
+               ' "identity": null, "creates": false, "owns": null, "sessions": 0}\n'))
 
-    probe = tasks.probe_target(context, db.on_database("postgres"), db.name, "restore")
+    probe = tasks.probe_target(context, db, "restore")
     with pytest.raises(UserError, match=r"may not create databases.*--in-place"):
         tasks.refuse_without_createdb(db, probe, "restore")
     (command,), _ = context.run.call_args
     assert "--set name=carabase_dev" in command  # one psql asks everything, name by psql
+    assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
 def test_a_fresh_database_replaces_a_leftover_in_the_same_psql():
