@@ -569,8 +569,9 @@ def undo_restore(c, env, yes=False, i_know=False):
               f" ({progress.human_bytes(current.size)}); undo again to bring it back")
 
 
-def server_identity(c, db: Database) -> tuple[str, str] | None:
-    """(cluster system identifier, database name) that `db` leads to; None if unreachable.
+def server_identity(c, db: Database, fallback: bool = True) -> tuple[str, str] | None:
+    """(cluster system identifier, database name) that `db` leads to; None if unreachable
+    (or if `db` cannot be connected to and `fallback` is False).
 
     The identifier is unique per PostgreSQL cluster, and the name is the one the server
     reports, so URLs spelled differently (localhost vs 127.0.0.1, a socket path, a
@@ -586,6 +587,8 @@ def server_identity(c, db: Database) -> tuple[str, str] | None:
     if reached:
         cluster, _, name = reached.partition("|")
         return cluster, name
+    if not fallback:
+        return None
     for maintenance in (db.on_database("postgres"), db.on_database("template1")):
         cluster = ask(maintenance, "select system_identifier from pg_control_system()")
         if cluster:
@@ -597,8 +600,13 @@ def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str]
                            action: str) -> None:
     """Refuse when `target_identity` (cluster, database) is where prod's URL leads."""
     prod = database("prod")
-    prod_identity = server_identity(c, prod)
-    if prod_identity is None and os.environ.get(prod.variable):
+    configured = bool(os.environ.get(prod.variable))
+    # A prod database that cannot be connected to is named as its URL names it: it can
+    # only be the target if the names match. Unless prod is configured (then it must be
+    # reachable, see below), the server's identity is needed only in that case.
+    prod_identity = server_identity(c, prod,
+                                    fallback=configured or prod.name == target_identity[1])
+    if prod_identity is None and configured:
         # A configured prod we cannot reach might be this very server under another
         # route: refuse rather than guess. (Unset, prod is just not on this machine.)
         raise UserError(f"{action} refused: cannot reach the prod database to check that"

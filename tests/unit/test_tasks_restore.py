@@ -77,3 +77,20 @@ def test_a_fresh_database_replaces_a_leftover_in_the_same_psql():
     (command,), _ = context.run.call_args
     assert ('DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);\\nCREATE DATABASE'
             ' "app__carabase_restoring" WITH TEMPLATE template0;') in command.replace("\n", "\\n")
+
+
+def test_unconfigured_prod_that_cannot_be_connected_to_is_looked_up_only_under_its_name(
+        monkeypatch):
+    monkeypatch.delenv("CARABASE_PROD_DATABASE_URL", raising=False)
+    target = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
+    cluster = "7712428185212053603"
+
+    # Another name than prod's: one failed connection to carabase_prod says enough.
+    context = MockContext(run=[Result(exited=2)])
+    tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_dev"), "restore")
+    assert context.run.call_count == 1
+
+    # Prod's very name: the server's identity decides, and it is the same cluster.
+    context = MockContext(run=[Result(exited=2), Result(stdout=f"{cluster}\n")])
+    with pytest.raises(UserError, match="leads to the prod database"):
+        tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_prod"), "restore")
