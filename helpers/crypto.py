@@ -96,25 +96,27 @@ def load_key(environ: Mapping[str, str] = os.environ) -> bytes:
             " (or HOST_MASTER_KEY)"
         )
     path = key_file_path(path)
-    try:
-        with open(path, "rb") as key_file:
-            mode = os.fstat(key_file.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise MasterKeyError(f"HOST_MASTER_KEY_FILE {path} is not a regular file")
-            if mode & 0o077:
-                raise MasterKeyError(
-                    f"HOST_MASTER_KEY_FILE {path} is readable by others"
-                    f" (mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}"
-                )
-            raw = key_file.read(4096)
-    except OSError as error:
-        raise MasterKeyError(
-            f"cannot read HOST_MASTER_KEY_FILE {path}: {error.strerror}"
-        ) from None
+    raw = read_private_file(path, "HOST_MASTER_KEY_FILE", MasterKeyError)
     try:
         return parse_key(raw.decode("ascii"))
     except UnicodeDecodeError:
         raise MasterKeyError(f"HOST_MASTER_KEY_FILE {path} does not hold a text key") from None
+
+
+def read_private_file(path: str, variable: str, error: type[Exception]) -> bytes:
+    """The first 4 KiB of the secret file `variable` names, refused (as `error`, never
+    quoting the content) unless it is a regular file that only its owner can read."""
+    try:
+        with open(path, "rb") as secret:
+            mode = os.fstat(secret.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise error(f"{variable} {path} is not a regular file")
+            if mode & 0o077:
+                raise error(f"{variable} {path} is readable by others"
+                            f" (mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}")
+            return secret.read(4096)
+    except OSError as failure:
+        raise error(f"cannot read {variable} {path}: {failure.strerror}") from None
 
 
 def encrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO, iv: bytes | None = None) -> int:

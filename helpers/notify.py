@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from helpers import crypto
 from helpers.errors import UserError
 
 TIMEOUT = 10.0  # seconds per try
@@ -39,20 +39,7 @@ def notify_url(environ: Mapping[str, str] = os.environ) -> str | None:
     if not path:
         return None
     path = os.path.expanduser(path)
-    try:
-        with open(path, "rb") as url_file:
-            mode = os.fstat(url_file.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise UserError(f"CARABASE_NOTIFY_URL_FILE {path} is not a regular file")
-            if mode & 0o077:
-                raise UserError(
-                    f"CARABASE_NOTIFY_URL_FILE {path} is readable by others"
-                    f" (mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}"
-                )
-            raw = url_file.read(4096)
-    except OSError as error:
-        raise UserError(f"cannot read CARABASE_NOTIFY_URL_FILE {path}: {error.strerror}") \
-            from None
+    raw = crypto.read_private_file(path, "CARABASE_NOTIFY_URL_FILE", UserError)
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
