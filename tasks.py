@@ -170,17 +170,11 @@ def run_backup(c, env: str) -> Path:
         partial = day / retention.partial_name(stamp)
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            command = pipeline(
-                quoted("pg_dump", *PG_DUMP_OPTIONS, lock_wait, "--dbname", db.uri),
-                compress,
-                # After compression: it counts the file as it grows, and costs next to
-                # nothing there (a fifth of the bytes, or less, of the dump itself).
-                progress_stage(f"{action}: wrote"),
-                helper_command("crypto", "encrypt") + " > " + quoted(partial),
-            )
             # On a lifeline: a kill -9 of this process stops the dump too.
-            result = c.run(on_lifeline(command), env=child_env(db.child_env()), hide=True,
-                           warn=True, in_stream=False)
+            command = backup_pipeline(db, compress, lock_wait, partial, action)
+            result = c.run(on_lifeline(command),
+                           env=child_env(db.child_env()), hide=True, warn=True,
+                           in_stream=False)
             if not result.ok:
                 raise UserError(f"{action} failed: {failure(result, db)}")
             publish(partial, final, action)
@@ -192,6 +186,19 @@ def run_backup(c, env: str) -> Path:
     elapsed = time.monotonic() - started
     print(f"{action}: wrote {final} ({progress.human_bytes(size)}) in {elapsed:.1f}s")
     return final
+
+
+def backup_pipeline(db: Database, compress: str, lock_wait: str, partial: Path,
+                    action: str) -> str:
+    """pg_dump | compress | [progress] | encrypt > partial."""
+    return pipeline(
+        quoted("pg_dump", *PG_DUMP_OPTIONS, lock_wait, "--dbname", db.uri),
+        compress,
+        # After compression: it counts the file as it grows, and costs next to nothing
+        # there (a fifth of the bytes, or less, of the dump itself).
+        progress_stage(f"{action}: wrote"),
+        helper_command("crypto", "encrypt") + " > " + quoted(partial),
+    )
 
 
 def backup_and_copy(c, env: str) -> None:
@@ -732,54 +739,31 @@ def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
 
 
 def push_backups(c, env: str, backups: list, action: str) -> int:
-    """Copy `backups` ((stamp, path), oldest first) that are missing off-site, each
-    verified; record the newest one off-site; the number copied.
-
-    Nothing off-site is ever replaced: a backup never changes once written, so a remote
-    copy of another size means one of the two is damaged (or, locally, encrypted by
-    ransomware), and overwriting could destroy the good one. Such a file is reported as
-    failed and left alone. rclone uploads each missing file so that it never appears
-    incomplete under its name (a single S3 PUT or a completed multipart upload; on a
-    folder, a .partial file renamed into place: no --inplace here), and after each
-    upload checks the remote's size and hash against the local file's. Its log says
-    what it checked, file by file; a copy whose size check is not there counts as
-    failed."""
+    """Copy `backups` ((stamp, path), oldest first) missing off-site, each checked by
+    rclone after its upload (size and hash, read from its log; no --inplace); never
+    replace one (README: Off-site copies); record the newest; the number copied."""
     dest = offsite.require_destination(action)
     program = rclone_program(c)
     remote = {backup.relative: backup
               for backup in remote_backups(c, program, dest, env, action)}
     sizes = {offsite.relative_path(stamp): path.stat().st_size for stamp, path in backups}
-    failed = {path: f"the off-site copy has {remote[path].size} bytes and this one"
-                    f" {size}: not replaced (check both with backup.verify)"
-              for path, size in sizes.items() if path in remote and remote[path].size != size}
+    failed = offsite.size_mismatches(sizes, remote)
     missing = [path for path in sizes if path not in remote]
-    copied: list[str] = []
-    hashes: set[str] = set()
+    copied, hashes = [], set()  # the paths copied; the hashes rclone checked them by
     if missing:
         # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
         copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
                           *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
-        copied = [path for path in offsite.copied_objects(copy.stderr) if path in sizes]
-        # An error that a later attempt (rclone --retries) made good is no failure.
-        errors = {path: reason for path, reason in offsite.failed_objects(copy.stderr).items()
-                  if path in sizes and path not in copied}
-        if not copy.ok and not errors:
+        outcome = offsite.copy_outcome(missing, copy.stderr)
+        if not copy.ok and not outcome.reported:
             raise UserError(f"{action} failed: {rclone_failure(copy)}")
-        failed.update(errors)
-        checked = offsite.verified_objects(copy.stderr)
-        for path in copied:
-            done = checked.get(path, set())
-            if "size" not in done:
-                failed.setdefault(path, "rclone did not confirm the size of the copy")
-                continue
-            kinds = sorted(done - {"size"})
+        failed.update(outcome.failed)
+        for path, kinds in outcome.confirmed.items():
+            copied.append(path)
             hashes.update(kinds)
             how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
             print(f"{action}: copied {path} ({progress.human_bytes(sizes[path])}, verified"
                   f" {how}) to {dest.backup_path(env, path)}")
-        for path in missing:
-            if path not in copied and path not in failed:
-                failed[path] = "rclone did not copy it"
     for path, reason in sorted(failed.items()):
         print(f"{action}: FAILED {path}: {offsite.explain_failure(reason, 1)}")
     safe = [stamp for stamp, _ in backups if offsite.relative_path(stamp) not in failed]
@@ -847,6 +831,28 @@ def prune_offsite(c, env: str, dry_run: bool) -> None:
         print(line)
 
 
+def download_verified(c, program: Path, remote: str, partial: Path, size: int,
+                      action: str) -> None:
+    """rclone copyto `remote` -> `partial` (our own temporary name, hence --inplace: no
+    second one that a killed fetch would leave), then size and hash checked."""
+    result = run_rclone(c, program, "copyto", "--inplace", remote, partial)
+    if not result.ok:
+        raise UserError(f"{action} failed: {rclone_failure(result)}")
+    partial.chmod(0o600)
+    got = partial.stat().st_size
+    if got != size:
+        raise UserError(f"{action} failed: got {got} bytes of {size}")
+    # rclone checked the download's size and hash already; check the hash the remote
+    # reports for this one file once more, with our own eyes.
+    stat = run_rclone(c, program, "lsjson", "--stat", "--hash", remote)
+    if not stat.ok:
+        raise UserError(f"{action} failed: {rclone_failure(stat)}")
+    expected = offsite.comparable_hash(json.loads(stat.stdout).get("Hashes") or {})
+    if expected and offsite.file_hash(partial, expected[0]) != expected[1]:
+        raise UserError(f"{action} failed: the download's {expected[0]} does not match the"
+                        " remote's")
+
+
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
@@ -872,26 +878,8 @@ def fetch(c, env, which):
         day = ensure_private_dir(final.parent)
         partial = day / retention.partial_name(chosen.stamp)
         try:
-            # Into our own temporary name (hence --inplace: no second temporary name
-            # that a killed fetch would leave), renamed once verified.
-            result = run_rclone(c, program, "copyto", "--inplace",
-                                dest.backup_path(env, chosen.relative), partial)
-            if not result.ok:
-                raise UserError(f"{action} failed: {rclone_failure(result)}")
-            partial.chmod(0o600)
-            size = partial.stat().st_size
-            if size != chosen.size:
-                raise UserError(f"{action} failed: got {size} bytes of {chosen.size}")
-            # rclone checked the download's size and hash already; check the hash the
-            # remote reports for this one file once more, with our own eyes.
-            stat = run_rclone(c, program, "lsjson", "--stat", "--hash",
-                              dest.backup_path(env, chosen.relative))
-            if not stat.ok:
-                raise UserError(f"{action} failed: {rclone_failure(stat)}")
-            expected = offsite.comparable_hash(json.loads(stat.stdout).get("Hashes") or {})
-            if expected and offsite.file_hash(partial, expected[0]) != expected[1]:
-                raise UserError(f"{action} failed: the download's {expected[0]} does not"
-                                " match the remote's")
+            download_verified(c, program, dest.backup_path(env, chosen.relative), partial,
+                              chosen.size, action)
             publish(partial, final, action)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -1326,8 +1314,8 @@ def nightly_steps(c, env: str) -> list[tuple[str, Callable[[], object] | None]]:
     """What `nightly` runs, in order; a step that is None is skipped tonight."""
     return [
         ("backup", lambda: run_backup(c, env)),
-        # backup.<env> copied its new backup already; push catches up any earlier copy
-        # that failed (a night the remote was down), and records the newest off-site.
+        # push copies tonight's backup and any earlier one whose copy failed (a night the
+        # remote was down), and records the newest off-site.
         ("off-site copy", (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None),
         ("prune", lambda: prune(c, env)),
         ("drill", lambda: drill_if_due(c, env)),

@@ -247,6 +247,46 @@ def failed_objects(stderr: str) -> dict[str, str]:
             if entry.get("level") in ("error", "critical") and entry.get("object")}
 
 
+def size_mismatches(sizes: dict[str, int], remote: dict[str, RemoteBackup]) -> dict[str, str]:
+    """{path: reason} for each local backup whose off-site copy has another size: a
+    backup never changes once written, so one of the two is damaged (or, locally,
+    encrypted by ransomware); push never replaces it."""
+    return {path: f"the off-site copy has {remote[path].size} bytes and this one {size}:"
+                  " not replaced (check both with backup.verify)"
+            for path, size in sizes.items() if path in remote and remote[path].size != size}
+
+
+@dataclass
+class CopyOutcome:
+    """What rclone's log says of a copy of some files, file by file."""
+
+    confirmed: dict[str, list[str]]  # path: the hashes checked besides the size
+    failed: dict[str, str]  # path: why it is not (known to be) off-site
+    reported: bool  # rclone named a file it failed on (else a failure is the command's)
+
+
+def copy_outcome(missing: list[str], stderr: str) -> CopyOutcome:
+    """Each of `missing` copied and confirmed (at least its size checked after the
+    upload), or failed with the reason; an error a later attempt (rclone's --retries)
+    made good is no failure."""
+    copied = [path for path in copied_objects(stderr) if path in missing]
+    failed = {path: reason for path, reason in failed_objects(stderr).items()
+              if path in missing and path not in copied}
+    reported = bool(failed)
+    checked = verified_objects(stderr)
+    confirmed = {}
+    for path in copied:
+        done = checked.get(path, set())
+        if "size" in done:
+            confirmed[path] = sorted(done - {"size"})
+        else:
+            failed.setdefault(path, "rclone did not confirm the size of the copy")
+    for path in missing:
+        if path not in confirmed and path not in failed:
+            failed[path] = "rclone did not copy it"
+    return CopyOutcome(confirmed, failed, reported)
+
+
 _HINTS = (
     (("StatusCode: 401", "StatusCode: 403", "SignatureDoesNotMatch", "InvalidAccessKeyId",
       "AccessDenied", "Forbidden", "unauthorized", "bad_auth_token"),
