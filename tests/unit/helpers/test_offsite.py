@@ -135,6 +135,29 @@ def test_rclone_log_tells_what_was_copied_checked_and_failed():
     assert offsite.failed_objects(stderr) == {"d/c.enc": "Failed to copy: boom"}
 
 
+def test_a_copy_counts_only_once_rclone_confirmed_its_size():
+    stderr = log(
+        {"level": "debug", "msg": "size = 10 OK", "object": "d/a.enc.1a2b3c4d.partial"},
+        {"level": "debug", "msg": "md5 = 0123abcd OK", "object": "d/a.enc"},
+        {"level": "info", "msg": "Copied (new)", "object": "d/a.enc"},
+        {"level": "info", "msg": "Copied (new)", "object": "d/b.enc"},  # size unconfirmed
+        {"level": "error", "msg": "Failed to copy: boom", "object": "d/c.enc"},
+    )
+    outcome = offsite.copy_outcome(["d/a.enc", "d/b.enc", "d/c.enc", "d/d.enc"], stderr)
+    assert outcome.confirmed == {"d/a.enc": ["md5"]}
+    assert outcome.failed == {"d/b.enc": "rclone did not confirm the size of the copy",
+                              "d/c.enc": "Failed to copy: boom",
+                              "d/d.enc": "rclone did not copy it"}
+    assert outcome.reported
+
+
+def test_a_local_copy_whose_remote_twin_differs_in_size_is_never_replaced():
+    remote = {"d/a.enc": offsite.RemoteBackup(None, "d/a.enc", 10, {}),
+              "d/b.enc": offsite.RemoteBackup(None, "d/b.enc", 12, {})}
+    assert list(offsite.size_mismatches({"d/a.enc": 10, "d/b.enc": 11, "d/c.enc": 5},
+                                        remote)) == ["d/b.enc"]
+
+
 @pytest.mark.parametrize("message, hint", [
     ("Failed to lsjson: operation error S3: ListObjectsV2, https response error StatusCode:"
      " 403, RequestID: , HostID: , api error SignatureDoesNotMatch: no",
