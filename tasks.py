@@ -577,8 +577,9 @@ def undo_restore(c, env, yes=False, i_know=False):
 
 
 def server_identity(c, db: Database, fallback: bool = True) -> tuple[str, str] | None:
-    """(cluster system identifier, database name) that `db` leads to; None if unreachable
-    (or if `db` cannot be connected to and `fallback` is False).
+    """(cluster system identifier, database name) that `db` leads to; None if unreachable,
+    if its database exists but refuses the connection, or if `db` cannot be connected to
+    and `fallback` is False.
 
     The identifier is unique per PostgreSQL cluster, and the name is the one the server
     reports, so URLs spelled differently (localhost vs 127.0.0.1, a socket path, a
@@ -597,9 +598,14 @@ def server_identity(c, db: Database, fallback: bool = True) -> tuple[str, str] |
     if not fallback:
         return None
     for maintenance in (db.on_database("postgres"), db.on_database("template1")):
-        cluster = ask(maintenance, "select system_identifier from pg_control_system()")
-        if cluster:
-            return cluster, db.name
+        answer = run_sql(c, maintenance, "select system_identifier, exists (select from"
+                         " pg_database where datname = :'name') from pg_control_system()",
+                         name=db.name)
+        if answer.ok:
+            cluster, _, exists = answer.stdout.strip().partition("|")
+            # There, but it would not let us in (connection limit, CONNECT revoked):
+            # where its URL really leads (a pooler's alias?) is unknown.
+            return None if exists == "t" else (cluster, db.name)
     return None
 
 
@@ -1290,13 +1296,18 @@ def create_scratch(c, scratch: Database, action: str) -> None:
                             f" made by a drill; set {scratch.variable} to another database,"
                             " or drop it yourself if nothing in it matters")
         drop_scratch(c, scratch, action)
-    create_fresh_database(c, server, scratch.name, None, action)
-    marked = run_sql(c, server, f"""comment on database :"name" is '{SCRATCH_MARK}'""",
-                     name=scratch.name)
-    if not marked.ok:
+    # Created and marked by one psql; dropped again if that is cut short, so that no
+    # unmarked scratch database (which later drills would refuse to drop) stays behind.
+    try:
+        created = run_sql(c, server, swap.create_database_sql(scratch.name, None)
+                          + f"""\ncomment on database :"name" is '{SCRATCH_MARK}';""",
+                          name=scratch.name)
+        if not created.ok:
+            raise UserError(f"{action}: cannot create the scratch database {scratch.name}:"
+                            f" {failure(created, scratch)}")
+    except BaseException:
         drop_scratch(c, scratch, action)
-        raise UserError(f"{action}: cannot mark the scratch database {scratch.name}:"
-                        f" {failure(marked, scratch)}")
+        raise
 
 
 def drop_scratch(c, scratch: Database, action: str) -> None:

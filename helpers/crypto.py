@@ -107,7 +107,8 @@ def read_private_file(path: str, variable: str, error: type[Exception]) -> bytes
     """The first 4 KiB of the secret file `variable` names, refused (as `error`, never
     quoting the content) unless it is a regular file that only its owner can read."""
     try:
-        with open(path, "rb") as secret:
+        # O_NONBLOCK: a FIFO under that name must not hang us before fstat refuses it.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as secret:
             mode = os.fstat(secret.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise error(f"{variable} {path} is not a regular file")

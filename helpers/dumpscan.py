@@ -28,7 +28,9 @@ _PART = re.compile(_IDENTIFIER)
 
 def table_name(qualified: bytes) -> tuple[str, str]:
     """(schema, table), unquoted, from `"public"."odd ""name"" table"` or `public.t`."""
-    parts = [_unquote(part.decode()) for part in _PART.findall(qualified)]
+    # A dump is in its database's encoding (LATIN1, say), and the bytes are not yet
+    # authenticated while they are counted: never fail on them here.
+    parts = [_unquote(part.decode(errors="surrogateescape")) for part in _PART.findall(qualified)]
     return (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
 
 

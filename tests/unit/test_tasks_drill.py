@@ -21,10 +21,20 @@ def test_scratch_database_of_that_name_not_made_by_a_drill_is_never_dropped():
 
 def test_leftover_scratch_database_is_dropped_then_made_afresh_and_marked():
     context = MockContext(run=[Result(stdout=f"1|{tasks.SCRATCH_MARK}\n"), Result(),
-                               Result(), Result()], repeat=False)
+                               Result()], repeat=False)
     tasks.create_scratch(context, SCRATCH, "drill dev")
     commands = [call.args[0] for call in context.run.call_args_list]
     assert "drop database if exists :\"name\" with (force)" in commands[1]
+    # Created and marked by one psql: no unmarked scratch database between the two.
     assert "CREATE DATABASE \"it'\"'\"'s scratch\" WITH TEMPLATE template0;" in commands[2]
-    assert 'comment on database :"name" is ' in commands[3] and tasks.SCRATCH_MARK in commands[3]
-    assert "--set 'name=it'\"'\"'s scratch'" in commands[3]  # the name, quoted by psql
+    assert 'comment on database :"name" is ' in commands[2] and tasks.SCRATCH_MARK in commands[2]
+    assert "--set 'name=it'\"'\"'s scratch'" in commands[2]  # the name, quoted by psql
+
+
+def test_scratch_database_whose_creation_fails_is_dropped_again():
+    context = MockContext(run=[Result(stdout="0|\n"), Result(exited=3, stderr="psql: boom\n"),
+                               Result()], repeat=False)
+    with pytest.raises(UserError, match="cannot create the scratch database"):
+        tasks.create_scratch(context, SCRATCH, "drill dev")
+    last = context.run.call_args_list[-1].args[0]
+    assert "drop database if exists :\"name\" with (force)" in last

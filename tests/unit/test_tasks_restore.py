@@ -91,6 +91,17 @@ def test_unconfigured_prod_that_cannot_be_connected_to_is_looked_up_only_under_i
     assert context.run.call_count == 1
 
     # Prod's very name: the server's identity decides, and it is the same cluster.
-    context = MockContext(run=[Result(exited=2), Result(stdout=f"{cluster}\n")])
+    context = MockContext(run=[Result(exited=2), Result(stdout=f"{cluster}|f\n")])
     with pytest.raises(UserError, match="leads to the prod database"):
         tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_prod"), "restore")
+
+
+def test_configured_prod_whose_database_exists_but_refuses_us_is_not_guessed(monkeypatch):
+    # Connection limit reached, CONNECT revoked...: its URL may be a pooler's alias of the
+    # target itself, so "another name" proves nothing. Refuse.
+    monkeypatch.setenv("CARABASE_PROD_DATABASE_URL", "postgresql://pooler:6432/prod_alias")
+    target = parse_database_url("postgresql:///app", "CARABASE_STAGING_DATABASE_URL")
+    context = MockContext(run=[Result(exited=2), Result(stdout="7712428185212053603|t\n")])
+    with pytest.raises(UserError, match="cannot reach the prod database to check"):
+        tasks.refuse_if_reaches_prod(context, target, ("7712428185212053603", "app"),
+                                     "restore into staging")

@@ -189,6 +189,14 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
         crypto.load_key({"HOST_MASTER_KEY_FILE": str(path)})
 
 
+def test_key_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    path = tmp_path / "key"
+    os.mkfifo(path, 0o600)
+
+    with pytest.raises(crypto.MasterKeyError, match="is not a regular file"):
+        crypto.load_key({"HOST_MASTER_KEY_FILE": str(path)})
+
+
 def test_missing_key_file_is_refused_with_its_path(tmp_path):
     with pytest.raises(crypto.MasterKeyError, match="cannot read"):
         crypto.load_key({"HOST_MASTER_KEY_FILE": str(tmp_path / "nope")})

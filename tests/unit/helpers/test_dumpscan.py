@@ -81,6 +81,13 @@ def test_rows_per_table_are_the_same_whatever_the_piece_size(size):
     assert scanner.unfinished_table is None
 
 
+def test_a_table_name_that_is_not_utf8_is_counted_not_a_crash():
+    # pg_dump writes in the database's encoding: a LATIN1 database's "café".
+    scanner = scan([b'COPY public."caf\xe9" (a) FROM stdin;\n1\n2\n\\.\n'])
+    assert list(scanner.rows.values()) == [2]
+    assert scanner.unfinished_table is None
+
+
 def test_dump_that_ends_inside_a_copy_block_names_that_table():
     cut = DUMP[:DUMP.index(b"b\n\\.") + 2]
     scanner = scan([cut])
