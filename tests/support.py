@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from helpers import crypto
@@ -72,3 +73,10 @@ def pipeline_on_lifeline(command: str) -> str:
     words = shlex.split(command)
     assert words[:5] == [sys.executable, "-m", "helpers.lifeline", "bash", "-c"], command
     return words[5]
+
+
+def write_script(path: Path, body: str) -> Path:
+    """An executable /bin/sh script at `path` (a stand-in program for PATH)."""
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path

@@ -7,7 +7,6 @@ import os
 import plistlib
 import stat
 import subprocess
-import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,16 +15,10 @@ import pytest
 
 from helpers import retention
 from tests.ping_server import closed_port, ping_server, silent_endpoint
-from tests.support import run_invoke
+from tests.support import run_invoke, write_script
 
 CHECK = "3c9e51f0-7b2a-4e8d-a6c1-secret-check"
 PG_DUMP_ERROR = "pg_dump: error: connection to server failed"
-
-
-def write_script(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-    return path
 
 
 def notify_file(tmp_path: Path, url: str) -> Path:

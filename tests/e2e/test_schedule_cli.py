@@ -19,16 +19,10 @@ from pathlib import Path
 import pytest
 
 from helpers import retention
-from tests.support import INVOKE, REPO, run_invoke
+from tests.support import INVOKE, REPO, run_invoke, write_script
 
 PLIST = "Library/LaunchAgents/com.carabase.backup.{env}.plist"
 UNIT_DIR = ".config/systemd/user"
-
-
-def write_script(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture
