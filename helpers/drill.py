@@ -8,11 +8,10 @@ Running the restore itself is tasks.py's job.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from helpers.config import backup_root, env_dir
 from helpers.dumpscan import display_name
 from helpers.errors import UserError
+from helpers.process import file_lock
 
 Table = tuple[str, str]  # (schema, name)
 
@@ -179,19 +179,17 @@ def scratch_lock(action: str):
     database, and each drops a leftover of it before starting. A second drill (another
     env's nightly run) waits for the first to finish."""
     path = backup_root() / ".drill.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise UserError(f"{action}: cannot open {path}: {error.strerror or error}") from None
-    try:
+
+    def wait(fd: int) -> None:
+        print(f"{action}: waiting for another drill to finish", file=sys.stderr)
+
+    with ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{action}: waiting for another drill to finish", file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.enter_context(file_lock(path, wait))
+        except OSError as error:
+            raise UserError(f"{action}: cannot open {path}: {error.strerror or error}") \
+                from None
         yield
-    finally:
-        os.close(fd)
 
 
 # --- the schedule -------------------------------------------------------------------

@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from helpers.config import env_dir
 from helpers.errors import UserError
@@ -21,27 +23,34 @@ from helpers.tree import ensure_private_dir
 
 
 @contextmanager
-def env_lock(env: str, action: str):
-    """Hold the env's lock for the duration: one backup or prune of an env at a time.
-
-    flock, so a killed holder never leaves a stale lock behind.
-    """
-    directory = ensure_private_dir(env_dir(env))
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+def file_lock(path: Path, when_held: Callable[[int], None]):
+    """Hold an flock on `path` (created 0600) for the duration: a killed holder never
+    leaves a stale lock behind. When another process holds it, `when_held(fd)` raises
+    (refuse), or returns to wait until it is free."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(
-                f"{action}: another backup or prune of {env} is running (pid {holder});"
-                " try again when it has finished"
-            ) from None
+            when_held(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def env_lock(env: str, action: str):
+    """Hold the env's lock for the duration: one backup or prune of an env at a time."""
+    def refuse(fd: int) -> None:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        raise UserError(f"{action}: another backup or prune of {env} is running (pid"
+                        f" {holder}); try again when it has finished")
+
+    with file_lock(ensure_private_dir(env_dir(env)) / ".lock", refuse) as fd:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
-    finally:
-        os.close(fd)
 
 
 class Interrupted(BaseException):

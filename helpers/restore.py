@@ -4,7 +4,6 @@ and the confirmation question."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ from helpers import crypto, retention, verify
 from helpers.clean_section import starts_with_clean_section
 from helpers.config import Database, env_dir
 from helpers.errors import UserError
+from helpers.process import file_lock
 from helpers.tree import ensure_private_dir
 
 HEAD_SIZE = 64 * 1024  # enough of the SQL to see how the dump starts
@@ -152,17 +152,12 @@ def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
 def restore_lock(env: str, action: str):
     """One restore (or undo) of an env at a time: both use the env's fixed database
     names. A lock of its own, so that a long restore never stops a nightly backup."""
-    directory = ensure_private_dir(env_dir(env))
-    fd = os.open(directory / ".restore.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{action}: another restore of {env} is running; try again"
-                            " when it has finished") from None
+    def refuse(fd: int) -> None:
+        raise UserError(f"{action}: another restore of {env} is running; try again when it"
+                        " has finished")
+
+    with file_lock(ensure_private_dir(env_dir(env)) / ".restore.lock", refuse):
         yield
-    finally:
-        os.close(fd)
 
 
 def sessions_phrase(count: int) -> str:
