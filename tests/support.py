@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from helpers import crypto
@@ -80,3 +81,14 @@ def write_script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
     path.chmod(0o755)
     return path
+
+
+def wait_for(condition, what: str, timeout: float = 60):
+    """Poll until `condition()` is truthy (a process reaching a state, not a date)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

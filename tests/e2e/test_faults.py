@@ -20,7 +20,7 @@ import pytest
 from helpers import crypto, swap
 from helpers.config import parse_database_url
 from tests.sample_db import create_varied_database, snapshot
-from tests.support import INVOKE, REPO, run_invoke, seal_backup
+from tests.support import INVOKE, REPO, run_invoke, seal_backup, wait_for
 
 EARLIER = "2026-01-01/2026-01-01T031700.sql.gz.enc"  # an older backup already in the tree
 
@@ -33,17 +33,6 @@ def start_invoke(*args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([INVOKE, "--search-root", str(REPO), *args], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for(condition, what: str, timeout: float = 60):
-    """Poll until `condition()` is truthy (a process reaching a state, not a date)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send_signal(process: subprocess.Popen, signum: int, whole_group: bool) -> None:

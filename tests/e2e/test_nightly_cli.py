@@ -8,12 +8,11 @@ import plistlib
 import stat
 import subprocess
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from helpers import retention
+from tests.backup_tree import seed_old_backups
 from tests.ping_server import closed_port, ping_server, silent_endpoint
 from tests.support import run_invoke, write_script
 
@@ -46,18 +45,6 @@ def failing_pg_dump(tmp_path):
 @pytest.fixture
 def failing_environ(keyed_environ, failing_pg_dump):
     return {**keyed_environ, "PATH": f"{failing_pg_dump}:{keyed_environ['PATH']}"}
-
-
-def seed_old_backups(backup_dir: Path, env: str = "dev") -> list[Path]:
-    """Three backups of one day long ago: a prune deletes the two older ones."""
-    day = backup_dir / env / "2020-01-01"
-    day.mkdir(parents=True)
-    paths = []
-    for hour in (1, 2, 3):
-        path = day / retention.backup_name(datetime(2020, 1, 1, hour, tzinfo=timezone.utc))
-        path.write_bytes(b"\x01" + os.urandom(2048))
-        paths.append(path)
-    return paths
 
 
 def run_logged(args: list[str], environ: dict[str, str], log: Path, **kwargs):

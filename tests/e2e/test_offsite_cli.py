@@ -23,7 +23,7 @@ import pytest
 from helpers import crypto, retention
 from tests.offsite_support import S3Server, offsite_files, rclone, upload, write_config
 from tests.sample_db import snapshot
-from tests.support import INVOKE, REPO, run_invoke, seal_backup, take_backup
+from tests.support import INVOKE, REPO, run_invoke, seal_backup, take_backup, wait_for
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -291,16 +291,6 @@ def test_an_undefined_remote_gives_one_line(environ, backup_dir, remote):
     assert one_line(result.stderr).startswith("push dev failed: rclone has no such remote:")
 
 
-def wait_for(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def big_backup(backup_dir: Path, master_key: str, stamp: datetime) -> Path:
     """A real sealed backup of 24 MiB of random bytes (incompressible, so it stays big)."""
     path = backup_dir / "dev" / relative(stamp)
@@ -323,7 +313,7 @@ def test_a_server_stopped_mid_upload_leaves_no_complete_looking_object_and_push_
                                 stderr=subprocess.PIPE, text=True)
         temporary = wait_for(lambda: [path for path in bucket.rglob(".rclone_temp_*")
                                       if path.stat().st_size > 1 << 20],
-                             what="the upload to start")
+                             "the upload to start", timeout=20)
         server.stop()  # SIGKILL, mid-upload
         out, err = push.communicate(timeout=60)
         assert push.returncode == 1
@@ -349,7 +339,7 @@ def test_a_push_killed_mid_copy_to_a_folder_leaves_only_a_partial_file(
                             stderr=subprocess.PIPE, text=True)
     partial = wait_for(lambda: [path for path in folder_remote.root.rglob("*.partial")
                                 if path.stat().st_size > 1 << 20],
-                       what="the copy to start")
+                       "the copy to start", timeout=20)
     push.send_signal(signal.SIGTERM)
     out, err = push.communicate(timeout=30)
     assert push.returncode == 143, err

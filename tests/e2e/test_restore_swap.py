@@ -14,10 +14,10 @@ import pytest
 from helpers import swap
 from tests.e2e.real_schemas import (LARGE_OBJECTS_SQL, MANY_TABLES_SQL, available_extensions,
                                     features_sql, full_snapshot)
-from tests.e2e.test_faults import start_invoke, wait_for
+from tests.e2e.test_faults import start_invoke
 from tests.pg import PgServer
 from tests.sample_db import VARIED_SCHEMA, snapshot
-from tests.support import clean_environ, run_invoke, seal_backup, take_backup
+from tests.support import clean_environ, run_invoke, seal_backup, take_backup, wait_for
 
 
 def databases_like(pg, target: str) -> list[str]:

@@ -13,12 +13,11 @@ import shutil
 import stat
 import subprocess
 import textwrap
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from helpers import retention
+from tests.backup_tree import seed_old_backups
 from tests.support import INVOKE, REPO, run_invoke, write_script
 
 PLIST = "Library/LaunchAgents/com.carabase.backup.{env}.plist"
@@ -481,18 +480,6 @@ def test_relative_key_file_is_written_as_an_absolute_path(setup, managers, key_f
 
 
 # --- the installed job: prune only after a successful backup ------------------------------
-
-
-def seed_old_backups(backup_dir: Path) -> list[Path]:
-    """Three backups of one day long ago: prune deletes the oldest, keeps the newest."""
-    day = backup_dir / "dev" / "2020-01-01"
-    day.mkdir(parents=True)
-    paths = []
-    for hour in (1, 2, 3):
-        path = day / retention.backup_name(datetime(2020, 1, 1, hour, tzinfo=timezone.utc))
-        path.write_bytes(b"\x01" + os.urandom(2048))
-        paths.append(path)
-    return paths
 
 
 def test_installed_job_whose_backup_fails_leaves_the_backups_unpruned(

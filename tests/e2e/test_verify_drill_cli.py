@@ -14,9 +14,9 @@ import pytest
 
 import tasks
 from helpers import retention
-from tests.e2e.test_faults import start_invoke, wait_for
+from tests.e2e.test_faults import start_invoke
 from tests.sample_db import create_varied_database, snapshot
-from tests.support import run_invoke, seal_backup, take_backup
+from tests.support import run_invoke, seal_backup, take_backup, wait_for
 
 STAMP = retention.parse_backup_name("2026-03-01T031700.sql.gz.enc")
 
