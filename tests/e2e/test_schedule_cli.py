@@ -392,6 +392,18 @@ def test_backups_inside_documents_are_warned_about_for_launchd_only(
     assert ("inside ~/Documents" in result.stderr) is warned
 
 
+def install_everywhere(environ: dict[str, str]) -> str:
+    """install-cron prod on both platforms, dry run then for real; all it printed."""
+    outputs = ""
+    for platform in ("launchd", "systemd"):
+        for extra in (["--dry-run"], []):
+            result = run_invoke("backup.install-cron", "prod", "--platform", platform, *extra,
+                                env=environ)
+            assert result.returncode == 0, result.stderr
+            outputs += result.stdout + result.stderr
+    return outputs
+
+
 # --- secrets ----------------------------------------------------------------------------
 
 
@@ -401,13 +413,7 @@ def test_no_secret_reaches_any_written_file_or_the_output(
     password = os.urandom(8).hex()
     environ = {**setup, "PGPASSWORD": password,
                "CARABASE_PROD_DATABASE_URL": "postgresql://carabase@db.lan/carabase_prod"}
-    outputs = ""
-    for platform in ("launchd", "systemd"):
-        for extra in (["--dry-run"], []):
-            result = run_invoke("backup.install-cron", "prod", "--platform", platform, *extra,
-                                env=environ)
-            assert result.returncode == 0, result.stderr
-            outputs += result.stdout + result.stderr
+    outputs = install_everywhere(environ)
     written = [path for path in [*home.rglob("*"), *backup_dir.rglob("*")] if path.is_file()]
     assert len(written) == 4  # plist, service, timer, cron.log
     raw = bytes.fromhex(key)
@@ -452,13 +458,7 @@ def test_notify_url_file_goes_into_the_schedule_by_path_and_the_url_nowhere(
     url_file.write_text(NOTIFY_URL + "\n")
     url_file.chmod(0o600)
     environ = {**setup, "CARABASE_NOTIFY_URL_FILE": "~/../secrets/notify.url"}
-    outputs = ""
-    for platform in ("launchd", "systemd"):
-        for extra in (["--dry-run"], []):
-            result = run_invoke("backup.install-cron", "prod", "--platform", platform, *extra,
-                                env=environ)
-            assert result.returncode == 0, result.stderr
-            outputs += result.stdout + result.stderr
+    outputs = install_everywhere(environ)
     job = plistlib.loads((home / PLIST.format(env="prod")).read_bytes())
     assert job["EnvironmentVariables"]["CARABASE_NOTIFY_URL_FILE"] == str(url_file)
     service = (home / UNIT_DIR / "carabase-backup-prod.service").read_text()
