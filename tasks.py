@@ -335,32 +335,37 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
-    # One psql: drop what a killed restore left half-built, create the fresh database.
-    create_fresh_database(c, server, fresh.name, identity, action, replace=True)
+    # One psql: drop what a killed restore left behind (half-built, or retired but not
+    # yet dropped), create the fresh database.
+    create_fresh_database(c, server, fresh.name, identity, action,
+                          leftovers=[fresh.name, swap.retired_name(target.name)])
     try:
         apply_dump(c, plaintext, facts, fresh, action)
-        # The previous restore's undo copy goes just before the swap, in the swap's psql.
-        result = rename_databases(c, server, swap.swap_sql(target.name, fresh.name, undo,
-                                                           identity), action,
-                                  before=swap.drop_database_sql(undo) if undo else "")
-        if not result.ok:
+        # After the COMMIT, in the same psql: drop the previous undo copy (and, with
+        # --no-keep, the one just made).
+        result = rename_databases(
+            c, server, swap.swap_sql(target.name, fresh.name, undo, identity), action,
+            after=swap.after_swap_sql(target.name, drop_undo=no_keep and undo is not None))
+        if not committed(result):
             raise UserError(f"{action} failed, {target.name} was not changed: could not swap"
                             f" in the restored database: {failure(result, target)}")
     except BaseException:
         drop_database(c, fresh)  # gone already if the swap committed
         raise
-    if undo is not None and no_keep:
-        drop_database(c, target.on_database(undo))
+    if not result.ok:  # swapped in; only a drop after the COMMIT failed
+        print(f"{action}: warning: could not drop an old copy after the swap (the next"
+              f" restore drops it): {failure(result, target)}", file=sys.stderr)
 
 
 def rename_databases(c, server: Database, statements: list[str], action: str,
-                     before: str = ""):
-    """The swap transaction, after `before` (statements outside it); tried again (three
-    times in all) when a client connected to the target between the closing of its
-    sessions and the rename."""
+                     after: list[str] = ()):
+    """The swap transaction, then `after` (statements that run on their own once it has
+    committed); tried again (three times in all) when a client connected to the target
+    between the closing of its sessions and the rename."""
     for _attempt in range(3):
-        result = held_transaction(c, server, "\n".join(statements), action, before=before)
-        if result.ok or "is being accessed by other users" not in result.stderr:
+        result = held_transaction(c, server, "\n".join(statements), action,
+                                  after="\n".join(after))
+        if committed(result) or "is being accessed by other users" not in result.stderr:
             break
     return result
 
@@ -413,13 +418,12 @@ def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) ->
 
 def create_fresh_database(c, server: Database, name: str,
                           identity: swap.DatabaseIdentity | None, action: str,
-                          replace: bool = False) -> None:
+                          leftovers: list[str] = ()) -> None:
     """An empty database `name` on `server`, with `identity`'s owner, encoding, locale;
-    `replace`: drop a database of that name first (FORCE: an orphaned psql of a killed
-    restore may still be connected to it)."""
-    sql = swap.create_database_sql(name, identity)
-    if replace:
-        sql = f"{swap.drop_database_sql(name)}\n{sql}"
+    in the same psql, `leftovers` are dropped first (FORCE: an orphaned psql of a killed
+    restore may still be connected to one)."""
+    sql = "\n".join([*map(swap.drop_database_sql, leftovers),
+                     swap.create_database_sql(name, identity)])
     result = run_sql(c, server, sql)
     if not result.ok:
         raise UserError(f"{action}: cannot create the database to restore into ({name}):"
@@ -471,19 +475,21 @@ def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str) 
 
 
 READY = "carabase: ready to commit"
+COMMITTED = "carabase: committed"
 
 
 def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | None = None,
-                     ready=None, before: str = ""):
-    """Run `sql` on `db` in one transaction that only this process can commit (after
-    `before`, statements that run on their own first, in the same psql).
+                     ready=None, after: str = ""):
+    """Run `sql` on `db` in one transaction that only this process can commit (then
+    `after`, statements that run on their own once it has, in the same psql).
 
     psql reads its script from a FIFO this process writes: BEGIN, `sql`, a marker that
     psql prints once everything succeeded, and, only after that marker (and `ready()`,
     when given, says yes), COMMIT. Should this process die at any point before, even by
     SIGKILL, the kernel closes the FIFO, psql reads its end, and the server rolls the
     transaction back. `stdin_stage` feeds psql's standard input (`\\i /dev/stdin` in
-    `sql` reads it). Returns invoke's result; `result.ok` only if COMMIT went through.
+    `sql` reads it). Returns invoke's result: `committed(result)` says whether COMMIT
+    went through, `result.ok` whether `after` did too.
     """
     with private_tempdir() as workdir:
         feed = workdir / "transaction.sql"
@@ -491,12 +497,12 @@ def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | 
         command = pipeline(stdin_stage, psql_command(db, "--file", str(feed)) + " > /dev/null")
         promise = c.run(command, asynchronous=True, env=child_env(db.child_env()), hide=True,
                         warn=True, in_stream=False)
-        committed = False
+        committing = False
         writer = open_fifo_writer(feed, lambda: promise.runner.process_is_finished)
         if writer is not None:
             try:
                 with writer:
-                    writer.write(f"{before}\nBEGIN;\n{sql}\n\\warn '{READY}'\n")
+                    writer.write(f"BEGIN;\n{sql}\n\\warn '{READY}'\n")
                     writer.flush()
                     while READY not in "".join(promise.runner.stderr):
                         if promise.runner.process_is_finished:
@@ -504,15 +510,20 @@ def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | 
                         time.sleep(0.02)
                     else:
                         if ready is None or ready():
-                            writer.write("COMMIT;\n")
-                            committed = True
+                            writer.write(f"COMMIT;\n\\warn '{COMMITTED}'\n{after}\n")
+                            committing = True
             except BrokenPipeError:  # psql stopped (an error): nothing to commit
-                committed = False
+                committing = False
         result = promise.join()
-    if not committed and result.ok:
+    if not committing and result.ok:
         result.exited = 1  # psql ended happily, but without our COMMIT nothing stays
         result.stderr += "\nthe transaction was not committed"
     return result
+
+
+def committed(result) -> bool:
+    """Whether held_transaction's COMMIT went through (psql printed the marker after it)."""
+    return f"\n{COMMITTED}\n" in f"\n{result.stderr}"
 
 
 def apply_in_place(c, plaintext: Path, facts: DumpFacts, target: Database,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are cut silently
 UNDO_SUFFIX = "__carabase_undo"
 RESTORING_SUFFIX = "__carabase_restoring"
+RETIRED_SUFFIX = "__carabase_retired"
 
 # Settings whose value is a list of identifiers: pg_dump splits them the same way
 # (variable_is_guc_list_quote), or `search_path = '"$user", public'` would come back as
@@ -58,6 +59,12 @@ def undo_name(target: str) -> str:
 def restoring_name(target: str) -> str:
     """The database a restore builds before swapping it in; a leftover is half-built."""
     return _derived_name(target, RESTORING_SUFFIX)
+
+
+def retired_name(target: str) -> str:
+    """Where the swap moves the previous restore's undo copy, to drop it once the swap
+    has committed (DROP DATABASE cannot run inside the swap's transaction)."""
+    return _derived_name(target, RETIRED_SUFFIX)
 
 
 # --- the identity of a database ------------------------------------------------------
@@ -304,16 +311,33 @@ def swap_sql(target: str, fresh: str, undo: str | None,
              identity: DatabaseIdentity | None) -> list[str]:
     """The statements of the swap transaction (without BEGIN and COMMIT, which the
     controlling process sends): the fresh database takes the target's identity, the
-    target's sessions are closed, the target becomes `undo` (None: there is no target
-    yet) and the fresh database takes its name. ALTER DATABASE ... RENAME waits a few
-    seconds for terminated sessions to go and is transactional: both renames or none."""
+    previous undo copy (if any) moves aside to `retired_name`, the target's sessions are
+    closed, the target becomes `undo` (None: there is no target yet) and the fresh
+    database takes its name. ALTER DATABASE ... RENAME waits a few seconds for terminated
+    sessions to go and is transactional: all the renames or none, so a swap that fails
+    leaves the previous undo copy where it was. psql runs these (\\gexec: rename the old
+    undo copy only if there is one)."""
     statements = ["SET standard_conforming_strings = on;", "SET lock_timeout = '30s';"]
     if identity is not None:
         statements += identity_sql(fresh, identity)
     if undo is not None:
+        statements.append(close_sessions_sql(undo))
+        statements.append(
+            f"SELECT format('ALTER DATABASE %I RENAME TO %I', datname,"
+            f" {quote_literal(retired_name(target))}) FROM pg_catalog.pg_database"
+            f" WHERE datname = {quote_literal(undo)} \\gexec")
         statements.append(close_sessions_sql(target))
         statements.append(f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(undo)};")
     statements.append(f"ALTER DATABASE {quote_ident(fresh)} RENAME TO {quote_ident(target)};")
+    return statements
+
+
+def after_swap_sql(target: str, drop_undo: bool) -> list[str]:
+    """What runs once the swap has committed: the previous undo copy goes, and with
+    `drop_undo` (--no-keep) the database the swap just replaced."""
+    statements = [drop_database_sql(retired_name(target))]
+    if drop_undo:
+        statements.append(drop_database_sql(undo_name(target)))
     return statements
 
 

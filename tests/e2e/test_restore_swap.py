@@ -335,6 +335,38 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
     assert snapshot(pg, swap.undo_name(source_db)) == before
 
 
+def test_a_swap_that_fails_keeps_the_target_and_the_previous_undo_copy(
+        pg, dev_environ, source_db, database_factory, master_key, tmp_path):
+    good = take_backup(dev_environ)
+    pg.psql(source_db, "update item set name = 'live'")
+    live = snapshot(pg, source_db)
+    database_factory.adopt(swap.undo_name(source_db))
+    assert restore(dev_environ, "dev", good).returncode == 0
+    restored = snapshot(pg, source_db)
+    slow = seal_backup(tmp_path / "2026-02-05T031700.sql.gz.enc", gzip.compress(
+        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+    restoring, retired = swap.restoring_name(source_db), swap.retired_name(source_db)
+
+    failing = start_invoke("backup.restore", "dev", str(slow), "--yes", env=dev_environ)
+    wait_for(lambda: query_waiting(pg, restoring, "%pg_sleep%"), "the apply to be under way")
+    # The name the swap moves the old undo copy to is taken: the swap's rename fails.
+    pg.psql("postgres", f'create database "{retired}"')
+    database_factory.adopt(retired)
+    _, stderr = failing.communicate(timeout=60)
+
+    assert failing.returncode != 0
+    assert f"{source_db} was not changed: could not swap in the restored database" in stderr
+    assert "already exists" in stderr
+    assert snapshot(pg, source_db) == restored
+    assert snapshot(pg, swap.undo_name(source_db)) == live  # not dropped before the swap
+    assert databases_like(pg, source_db) == sorted([source_db, retired,
+                                                    swap.undo_name(source_db)])
+    # The next restore drops the leftover and keeps only the newest undo copy.
+    assert restore(dev_environ, "dev", good).returncode == 0
+    assert databases_like(pg, source_db) == [source_db, swap.undo_name(source_db)]
+    assert snapshot(pg, swap.undo_name(source_db)) == restored
+
+
 def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, source_db,
                                                            master_key, tmp_path):
     pg.psql(source_db, "update item set name = 'live'")

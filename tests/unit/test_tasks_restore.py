@@ -67,15 +67,16 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
-def test_a_fresh_database_replaces_a_leftover_in_the_same_psql():
+def test_a_fresh_database_replaces_the_leftovers_in_the_same_psql():
     server = parse_database_url("postgresql:///postgres", "V")
     context = MockContext(run=Result(exited=0))
 
     tasks.create_fresh_database(context, server, "app__carabase_restoring", None, "restore",
-                                replace=True)
+                                leftovers=["app__carabase_restoring", "app__carabase_retired"])
 
     (command,), _ = context.run.call_args
-    assert ('DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);\\nCREATE DATABASE'
+    assert ('DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);\\n'
+            'DROP DATABASE IF EXISTS "app__carabase_retired" WITH (FORCE);\\nCREATE DATABASE'
             ' "app__carabase_restoring" WITH TEMPLATE template0;') in command.replace("\n", "\\n")
 
 

@@ -11,15 +11,16 @@ from helpers.swap import DatabaseIdentity, Grant, Setting
 def test_copies_are_named_after_the_target_and_what_they_are():
     assert swap.undo_name("carabase_dev") == "carabase_dev__carabase_undo"
     assert swap.restoring_name("carabase_dev") == "carabase_dev__carabase_restoring"
+    assert swap.retired_name("carabase_dev") == "carabase_dev__carabase_retired"
 
 
 def test_a_long_target_name_still_gets_distinct_names_within_63_bytes_every_time():
     long_a = "é" * 30 + "_app_a"  # 66 bytes of UTF-8
     long_b = "é" * 30 + "_app_b"
-    names = {swap.undo_name(long_a), swap.restoring_name(long_a), swap.undo_name(long_b),
-             swap.restoring_name(long_b)}
+    names = {swap.undo_name(long_a), swap.restoring_name(long_a), swap.retired_name(long_a),
+             swap.undo_name(long_b), swap.restoring_name(long_b), swap.retired_name(long_b)}
 
-    assert len(names) == 4
+    assert len(names) == 6
     assert all(len(name.encode()) <= 63 for name in names)
     assert swap.undo_name(long_a) == swap.undo_name(long_a)
     assert swap.undo_name(long_a).endswith("__carabase_undo")
@@ -116,6 +117,26 @@ def test_swap_closes_sessions_then_renames_target_aside_and_fresh_into_place():
         'ALTER DATABASE "db" RENAME TO "db__carabase_undo";',
         'ALTER DATABASE "db__carabase_restoring" RENAME TO "db";']
     assert not any(s.startswith(("BEGIN", "COMMIT")) for s in statements)  # ours to send
+
+
+def test_swap_moves_the_previous_undo_copy_aside_only_if_there_is_one():
+    statements = swap.swap_sql("db", "db__carabase_restoring", "db__carabase_undo", None)
+
+    [aside] = [s for s in statements if s.endswith("\\gexec")]  # psql runs what it selects
+    assert "format('ALTER DATABASE %I RENAME TO %I', datname, 'db__carabase_retired')" in aside
+    assert "WHERE datname = 'db__carabase_undo'" in aside
+    # ...after closing the old copy's sessions, and before the target takes its name.
+    assert statements.index(aside) < statements.index(
+        'ALTER DATABASE "db" RENAME TO "db__carabase_undo";')
+    assert "WHERE datname = 'db__carabase_undo'" in statements[statements.index(aside) - 1]
+
+
+def test_after_the_swap_the_retired_copy_goes_and_with_no_keep_the_new_undo_copy():
+    assert swap.after_swap_sql("db", drop_undo=False) == [
+        'DROP DATABASE IF EXISTS "db__carabase_retired" WITH (FORCE);']
+    assert swap.after_swap_sql("db", drop_undo=True) == [
+        'DROP DATABASE IF EXISTS "db__carabase_retired" WITH (FORCE);',
+        'DROP DATABASE IF EXISTS "db__carabase_undo" WITH (FORCE);']
 
 
 def test_swap_without_a_target_only_renames_the_fresh_database():
