@@ -335,12 +335,13 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
-    # One psql: drop what a killed restore left behind (half-built, or retired but not
-    # yet dropped), create the fresh database.
-    create_fresh_database(c, server, fresh.name, identity, action,
-                          leftovers=[fresh.name, swap.retired_name(target.name)])
+    # The apply's psql first drops what a killed restore left behind (half-built, or
+    # retired but not yet dropped), then creates the fresh database and connects to it.
+    leftovers = [fresh.name, swap.retired_name(target.name)]
+    create = [*map(swap.drop_database_sql, leftovers),
+              swap.create_database_sql(fresh.name, identity)]
     try:
-        apply_dump(c, plaintext, facts, fresh, action)
+        apply_dump(c, plaintext, facts, fresh, action, create=create)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
@@ -416,20 +417,6 @@ def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) ->
                         " pass --in-place (see its limits in README.md)")
 
 
-def create_fresh_database(c, server: Database, name: str,
-                          identity: swap.DatabaseIdentity | None, action: str,
-                          leftovers: list[str] = ()) -> None:
-    """An empty database `name` on `server`, with `identity`'s owner, encoding, locale;
-    in the same psql, `leftovers` are dropped first (FORCE: an orphaned psql of a killed
-    restore may still be connected to one)."""
-    sql = "\n".join([*map(swap.drop_database_sql, leftovers),
-                     swap.create_database_sql(name, identity)])
-    result = run_sql(c, server, sql)
-    if not result.ok:
-        raise UserError(f"{action}: cannot create the database to restore into ({name}):"
-                        f" {failure(result, server)}")
-
-
 def inflate_stage() -> str:
     """The stage that inflates a checked gzip stream from stdin: ISA-L (about five times
     gzip's speed here, which leaves the cores to psql and the server) where it loads,
@@ -455,15 +442,24 @@ def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
     return decompress
 
 
-def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str) -> None:
+def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str,
+               create: list[str] = ()) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap).
+    `create`: statements that make `db`, run first in the same psql, each on its own, on
+    the server's maintenance database (one psql start fewer than a psql of their own).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
-    command = pipeline(dump_stream(plaintext, facts, action),
-                       psql_command(db, "--file", "-") + " > /dev/null")
+    if create:
+        first = [word for sql in create for word in ("--command", sql)]
+        psql = psql_command(maintenance_of(db), *first, "--set",
+                            f"fresh={swap.conninfo_of_database(db.name)}",
+                            "--command", r"\connect -reuse-previous=on :fresh", "--file", "-")
+    else:
+        psql = psql_command(db, "--file", "-")
+    command = pipeline(dump_stream(plaintext, facts, action), psql + " > /dev/null")
     # Each statement commits without waiting for its WAL to reach the disk: safe, because
     # the swap's own COMMIT waits for all WAL written before it, this database's included.
     options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),

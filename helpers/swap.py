@@ -67,6 +67,12 @@ def retired_name(target: str) -> str:
     return _derived_name(target, RETIRED_SUFFIX)
 
 
+def conninfo_of_database(name: str) -> str:
+    """`dbname='name'` for psql's \\connect: a database name is never read as a URL
+    or as `key=value` settings, whatever it holds."""
+    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 # --- the identity of a database ------------------------------------------------------
 
 # One row of JSON about the database named by psql's :'name' (empty when there is none).

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -250,6 +251,27 @@ def test_the_env_database_keeps_owner_settings_comment_and_grants_across_a_resto
     assert snapshot(pg, target) == snapshot(pg, source_db)
     assert len(swap.undo_name(target).encode()) <= 63
     assert pg.database_exists(swap.undo_name(target))
+
+
+def test_a_target_whose_name_needs_quoting_everywhere_restores_twice(
+        pg, dev_environ, source_db, database_factory):
+    backup = take_backup(dev_environ)
+    # A quote, a backslash, '=' and spaces: SQL, psql's \\connect and libpq's
+    # key=value syntax each read this name differently.
+    target = "carabase we'ird = db \\x"
+    for name in (target, swap.undo_name(target), swap.retired_name(target)):
+        database_factory.adopt(name)
+    pg.psql("postgres", f'create database "{target}"')
+    environ = {**dev_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(quote(target, safe=""))}
+
+    for _ in range(2):
+        result = restore(environ, "staging", backup)
+        assert result.returncode == 0, result.stderr
+        # (psql -d takes a name with '=' for key=value settings: give it them.)
+        assert snapshot(pg, swap.conninfo_of_database(target)) == snapshot(pg, source_db)
+    assert pg.psql("postgres", "select datname from pg_database where datname like"
+                               " 'carabase we%' order by 1").splitlines() == [
+        target, swap.undo_name(target)]
 
 
 # --- SIGKILL of the controlling process -----------------------------------------------

@@ -1,6 +1,7 @@
 """How restore composes its commands (the end-to-end tests run them for real)."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 import pytest
@@ -67,17 +68,24 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
-def test_a_fresh_database_replaces_the_leftovers_in_the_same_psql():
-    server = parse_database_url("postgresql:///postgres", "V")
+def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tmp_path):
+    fresh = parse_database_url("postgresql:///app__carabase_restoring", "V")
+    plaintext = tmp_path / "dump.sql.gz"
+    plaintext.write_bytes(b"")
     context = MockContext(run=Result(exited=0))
+    create = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
+              'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
 
-    tasks.create_fresh_database(context, server, "app__carabase_restoring", None, "restore",
-                                leftovers=["app__carabase_restoring", "app__carabase_retired"])
+    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
+                     create=create)
 
-    (command,), _ = context.run.call_args
-    assert ('DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);\\n'
-            'DROP DATABASE IF EXISTS "app__carabase_retired" WITH (FORCE);\\nCREATE DATABASE'
-            ' "app__carabase_restoring" WITH TEMPLATE template0;') in command.replace("\n", "\\n")
+    [command] = [call.args[0] for call in context.run.call_args_list]
+    psql = shlex.split(command.rsplit("|", 1)[1].removesuffix("> /dev/null"))
+    assert psql[psql.index("--dbname") + 1] == "postgresql:///postgres"  # not fresh yet
+    assert psql[psql.index("--dbname") + 2:] == [
+        "--command", create[0], "--command", create[1],  # each on its own: no transaction
+        "--set", "fresh=dbname='app__carabase_restoring'",
+        "--command", r"\connect -reuse-previous=on :fresh", "--file", "-"]
 
 
 def test_unconfigured_prod_that_cannot_be_connected_to_is_looked_up_only_under_its_name(

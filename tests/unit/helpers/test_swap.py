@@ -27,6 +27,11 @@ def test_a_long_target_name_still_gets_distinct_names_within_63_bytes_every_time
     assert swap.undo_name(long_a).encode().decode() == swap.undo_name(long_a)  # whole chars
 
 
+def test_a_database_name_for_connect_is_one_quoted_dbname_setting():
+    assert swap.conninfo_of_database("app") == "dbname='app'"
+    assert swap.conninfo_of_database("a'b = c\\d") == "dbname='a\\'b = c\\\\d'"
+
+
 def test_identifiers_and_literals_are_quoted():
     assert swap.quote_ident('a "b"') == '"a ""b"""'
     assert swap.quote_literal("it's \\ here") == "'it''s \\ here'"
