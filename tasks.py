@@ -417,12 +417,18 @@ def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) ->
                         " pass --in-place (see its limits in README.md)")
 
 
-def inflate_stage() -> str:
-    """The stage that inflates a checked gzip stream from stdin: ISA-L (about five times
-    gzip's speed here, which leaves the cores to psql and the server) where it loads,
-    else gzip. The stream was checked whole before, so ISA-L's one blind spot, taking
-    empty input for an empty stream, cannot arise."""
-    if isal_loads():
+# Below this many compressed bytes gzip inflates faster than a Python interpreter starts
+# (about 40 ms here), so ISA-L's speed cannot pay for it.
+SMALL_BACKUP = 256 * 1024
+
+
+def inflate_stage(size: int) -> str:
+    """The stage that inflates a checked gzip stream of `size` bytes from stdin: ISA-L
+    (about five times gzip's speed here, which leaves the cores to psql and the server)
+    where it loads, else gzip; gzip too for a small stream, where it is there. The
+    stream was checked whole before, so ISA-L's one blind spot, taking empty input for
+    an empty stream, cannot arise."""
+    if isal_loads() and (size >= SMALL_BACKUP or shutil.which("gzip") is None):
         return quoted(sys.executable, "-m", "isal.igzip", "-dc")
     return "gzip -dc"
 
@@ -432,11 +438,12 @@ def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
     # With a person watching, a progress stage feeds the inflater from the file, so that
     # its percentage is of the backup itself (the inflater and psql keep pace through
     # the pipes).
-    watch = progress_stage(f"{action}: read", total=plaintext.stat().st_size)
+    size = plaintext.stat().st_size
+    watch = progress_stage(f"{action}: read", total=size)
     if watch:
-        decompress = f"{watch} < {quoted(plaintext)} | {inflate_stage()}"
+        decompress = f"{watch} < {quoted(plaintext)} | {inflate_stage(size)}"
     else:
-        decompress = f"{inflate_stage()} < {quoted(plaintext)}"
+        decompress = f"{inflate_stage(size)} < {quoted(plaintext)}"
     if facts.clean_section:  # an older backup: its DROP block has nothing to drop
         decompress += " | " + helper_command("clean_section")
     return decompress

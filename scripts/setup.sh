@@ -19,6 +19,10 @@ if [ ! -x "$repo/.venv/bin/python" ]; then
     python3 -m venv "$repo/.venv"
 fi
 "$repo/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$repo"
+# Compile the tasks and helpers now: every invoke (and every scheduled run) then starts
+# about 0.1 s sooner where Python may not write its own cache (PYTHONDONTWRITEBYTECODE,
+# a read-only checkout).
+"$repo/.venv/bin/python" -m compileall -q "$repo/tasks.py" "$repo/helpers" >/dev/null
 
 if [ -z "${HOST_MASTER_KEY:-}" ] && [ -z "${HOST_MASTER_KEY_FILE:-}" ]; then
     HOST_MASTER_KEY_FILE="$HOME/.carabase/master.key"

@@ -1,6 +1,7 @@
 """How restore composes its commands (the end-to-end tests run them for real)."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -19,6 +20,7 @@ def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_pa
     monkeypatch.delenv("PGOPTIONS", raising=False)
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
+    os.truncate(plaintext, tasks.SMALL_BACKUP)
     db = parse_database_url("postgresql://u:pw@h/db__carabase_restoring", "V")
     context = MockContext(run=Result(exited=0), repeat=True)
 
@@ -37,10 +39,23 @@ def test_a_pure_create_script_goes_straight_to_psql(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
+    os.truncate(plaintext, tasks.SMALL_BACKUP)
 
     stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
 
     assert stream == f"{sys.executable} -m isal.igzip -dc < {plaintext}"
+
+
+def test_a_small_backup_is_inflated_by_gzip_which_starts_faster_than_python(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    plaintext = tmp_path / "dump.sql.gz"
+    plaintext.write_bytes(b"")
+    os.truncate(plaintext, tasks.SMALL_BACKUP - 1)
+
+    stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
+
+    assert stream == f"gzip -dc < {plaintext}"
 
 
 def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
@@ -48,6 +63,7 @@ def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "isal_loads", lambda: False)
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
+    os.truncate(plaintext, tasks.SMALL_BACKUP)
 
     stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
 
