@@ -221,7 +221,8 @@ def compress_threads() -> int:
     configured = os.environ.get("CARABASE_COMPRESS_THREADS", "").strip()
     if not configured:
         return os.cpu_count() or 1
-    if not configured.isdigit() or int(configured) < 1:
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses.
+    if not (configured.isascii() and configured.isdigit()) or int(configured) < 1:
         raise UserError(f"CARABASE_COMPRESS_THREADS must be a whole number of threads, 1 or"
                         f" more, not {configured!r}")
     return int(configured)

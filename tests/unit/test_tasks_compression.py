@@ -68,7 +68,7 @@ def test_thread_count_is_passed_to_pigz(pigz_installed, monkeypatch):
     assert tasks.compressor() == "pigz -9 -p 3"
 
 
-@pytest.mark.parametrize("threads", ["0", "-2", "two", "1.5", "4 cores"])
+@pytest.mark.parametrize("threads", ["0", "-2", "two", "1.5", "4 cores", "²", "٣"])
 @pytest.mark.parametrize("forced", ["", "gzip"])
 def test_bad_thread_count_is_refused_even_for_gzip(pigz_installed, monkeypatch, threads,
                                                    forced):
