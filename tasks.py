@@ -312,14 +312,14 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         if in_place:
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
-            replace_database(c, plaintext, facts, target, identity, no_keep, action)
+            tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action)
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
     if in_place:
         print(f"{action}: applied in place: there is no undo copy")
     elif identity is None:
         print(f"{action}: {target.name} did not exist before: there is nothing to undo")
-    elif no_keep:
+    elif no_keep and tidy:
         print(f"{action}: the replaced database was dropped (--no-keep): there is nothing"
               " to undo")
     else:
@@ -330,8 +330,9 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
 
 def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
-                     action: str) -> None:
-    """Build the backup into a fresh database, then swap it in for `target`."""
+                     action: str) -> bool:
+    """Build the backup into a fresh database, then swap it in for `target`. False if,
+    the swap done, an old copy could not be dropped (said on stderr)."""
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
@@ -354,8 +355,9 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
         drop_database(c, fresh)  # gone already if the swap committed
         raise
     if not result.ok:  # swapped in; only a drop after the COMMIT failed
-        print(f"{action}: warning: could not drop an old copy after the swap (the next"
-              f" restore drops it): {failure(result, target)}", file=sys.stderr)
+        print(f"{action}: warning: the restore is done, but an old copy could not be dropped"
+              f" after it: {failure(result, target)}", file=sys.stderr)
+    return result.ok
 
 
 def rename_databases(c, server: Database, statements: list[str], action: str,

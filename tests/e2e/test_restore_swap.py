@@ -389,6 +389,32 @@ def test_a_swap_that_fails_keeps_the_target_and_the_previous_undo_copy(
     assert snapshot(pg, swap.undo_name(source_db)) == restored
 
 
+def test_an_old_copy_that_cannot_be_dropped_after_the_swap_is_a_warning_not_a_failure(
+        pg, dev_environ, source_db, database_factory):
+    backed_up = snapshot(pg, source_db)
+    good = take_backup(dev_environ)
+    undo, retired = swap.undo_name(source_db), swap.retired_name(source_db)
+    database_factory.adopt(undo)
+    database_factory.adopt(retired)
+    assert restore(dev_environ, "dev", good).returncode == 0
+    # A template database cannot be dropped: the previous undo copy, moved aside by the
+    # swap, stays after it.
+    pg.psql("postgres", f'alter database "{undo}" is_template true')
+    pg.psql(source_db, "update item set name = 'live'")
+    live = snapshot(pg, source_db)
+
+    result = restore(dev_environ, "dev", good, "--no-keep")
+
+    assert result.returncode == 0, result.stderr
+    assert "warning: the restore is done, but an old copy could not be dropped" in result.stderr
+    assert "cannot drop a template database" in result.stderr
+    assert "was dropped (--no-keep)" not in result.stdout
+    assert snapshot(pg, source_db) == backed_up  # swapped in
+    assert snapshot(pg, undo) == live  # --no-keep's drop comes after the failed one
+    assert pg.database_exists(retired)
+    pg.psql("postgres", f'alter database "{retired}" is_template false')
+
+
 def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, source_db,
                                                            master_key, tmp_path):
     pg.psql(source_db, "update item set name = 'live'")
