@@ -31,6 +31,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +48,8 @@ from helpers.config import (ENVS, Database, check_env, compress_threads, compres
                             env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
 from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
-from helpers.process import env_lock, on_lifeline, stop_on_signal, watching_terminal
+from helpers.process import (Interrupted, env_lock, on_lifeline, stop_on_signal,
+                             watching_terminal)
 from helpers.prune import prune_backups
 from helpers.restore import (DamagedBackup, DumpFacts, ask, confirm_restore, decrypt_and_check,
                              open_fifo_writer, private_tempdir, private_tempfile,
@@ -336,13 +338,13 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
+    retired = swap.retired_name(target.name)
     # The apply's psql first drops what a killed restore left behind (half-built, or
     # retired but not yet dropped), then creates the fresh database and connects to it.
-    leftovers = [fresh.name, swap.retired_name(target.name)]
-    create = [*map(swap.drop_database_sql, leftovers),
+    create = [*map(swap.drop_database_sql, [fresh.name, retired]),
               swap.create_database_sql(fresh.name, identity)]
     try:
-        apply_dump(c, plaintext, facts, fresh, action, create=create)
+        apply_dump(c, plaintext, facts, fresh, action, create=create, server=server)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
@@ -351,13 +353,33 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
         if not committed(result):
             raise UserError(f"{action} failed, {target.name} was not changed: could not swap"
                             f" in the restored database: {failure(result, target)}")
-    except BaseException:
-        drop_database(c, fresh)  # gone already if the swap committed
+    except BaseException as error:
+        drop_database(c, fresh)  # waits for the swap to end; gone already if it committed
+        if isinstance(error, Interrupted):
+            refuse_if_swapped_in(c, server, target, identity, error, action)
         raise
     if not result.ok:  # swapped in; only a drop after the COMMIT failed
         print(f"{action}: warning: the restore is done, but an old copy could not be dropped"
-              f" after it: {failure(result, target)}", file=sys.stderr)
+              f" after it (drop it by hand, or the next restore of this env tries again:"
+              f' DROP DATABASE "{retired}"): {failure(result, target)}', file=sys.stderr)
     return result.ok
+
+
+def refuse_if_swapped_in(c, server: Database, target: Database,
+                         identity: swap.DatabaseIdentity | None, stop: Interrupted,
+                         action: str) -> None:
+    """Interrupted while the swap's psql ran: if the swap had committed (another database
+    holds the target's name now), say so rather than "nothing was changed"."""
+    if identity is not None and identity.oid is None:
+        return  # a server before 12 does not show the oid: we cannot tell
+    now = run_sql(c, server, "select oid from pg_database where datname = :'name'",
+                  name=target.name)
+    was = "" if identity is None else str(identity.oid)
+    if now.ok and now.stdout.strip() not in ("", was):
+        name = signal.Signals(stop.signum).name
+        raise UserError(f"{action}: interrupted by {name} after the swap had committed:"
+                        f" {target.name} holds the backup; an old copy may be left, which"
+                        " the next restore of this env drops", code=128 + stop.signum)
 
 
 def rename_databases(c, server: Database, statements: list[str], action: str,
@@ -452,20 +474,23 @@ def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
 
 
 def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str,
-               create: list[str] = ()) -> None:
+               create: list[str] = (), server: Database | None = None) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap).
     `create`: statements that make `db`, run first in the same psql, each on its own, on
-    the server's maintenance database (one psql start fewer than a psql of their own).
+    `server` (one psql start fewer than a psql of their own); psql then connects to `db`
+    by its URI, as any other psql here would.
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
     if create:
         first = [word for sql in create for word in ("--command", sql)]
-        psql = psql_command(maintenance_of(db), *first, "--set",
-                            f"fresh={swap.conninfo_of_database(db.name)}",
-                            "--command", r"\connect -reuse-previous=on :fresh", "--file", "-")
+        # Unset before psql reads the dump, where it would replace any `:fresh` that
+        # stands outside quotes (an array slice `a[1:fresh]`).
+        psql = psql_command(server or maintenance_of(db), *first, "--set", f"fresh={db.uri}",
+                            "--command", r"\connect :fresh", "--command", r"\unset fresh",
+                            "--file", "-")
     else:
         psql = psql_command(db, "--file", "-")
     command = pipeline(dump_stream(plaintext, facts, action), psql + " > /dev/null")

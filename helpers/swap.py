@@ -67,12 +67,6 @@ def retired_name(target: str) -> str:
     return _derived_name(target, RETIRED_SUFFIX)
 
 
-def conninfo_of_database(name: str) -> str:
-    """`dbname='name'` for psql's \\connect: a database name is never read as a URL
-    or as `key=value` settings, whatever it holds."""
-    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 # --- the identity of a database ------------------------------------------------------
 
 # One row of JSON about the database named by psql's :'name' (empty when there is none).
@@ -174,6 +168,7 @@ class DatabaseIdentity:
     grants: tuple[Grant, ...] = ()
     settings: tuple[Setting, ...] = field(default=())
     size: int = 0
+    oid: int | None = None  # changes when a swap puts another database under the name
 
     @classmethod
     def from_json(cls, text: str) -> DatabaseIdentity:
@@ -201,6 +196,7 @@ class DatabaseIdentity:
                          for g in data["grants"]),
             settings=settings,
             size=int(data.get("size") or 0),
+            oid=int(row["oid"]) if "oid" in row else None,
         )
 
 

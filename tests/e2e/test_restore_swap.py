@@ -268,10 +268,30 @@ def test_a_target_whose_name_needs_quoting_everywhere_restores_twice(
         result = restore(environ, "staging", backup)
         assert result.returncode == 0, result.stderr
         # (psql -d takes a name with '=' for key=value settings: give it them.)
-        assert snapshot(pg, swap.conninfo_of_database(target)) == snapshot(pg, source_db)
+        conninfo = "dbname='" + target.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        assert snapshot(pg, conninfo) == snapshot(pg, source_db)
     assert pg.psql("postgres", "select datname from pg_database where datname like"
                                " 'carabase we%' order by 1").splitlines() == [
         target, swap.undo_name(target)]
+
+
+def test_sql_that_looks_like_a_psql_variable_of_ours_is_applied_as_written(
+        pg, dev_environ, source_db, master_key, tmp_path, database_factory):
+    # An array slice `a[1:fresh]` outside quotes: psql would replace `:fresh` with the
+    # value of a variable of that name, were one still set while it reads the dump.
+    sql = (b"CREATE TABLE public.t (a int[], fresh int,"
+           b" CHECK (cardinality(a[1:fresh]) = fresh));\n"
+           b"INSERT INTO public.t VALUES ('{1,2,3}', 2);\n")
+    backup = seal_backup(tmp_path / "2026-02-06T031700.sql.gz.enc", gzip.compress(sql),
+                         master_key)
+    database_factory.adopt(swap.undo_name(source_db))
+
+    result = restore(dev_environ, "dev", backup)
+
+    assert result.returncode == 0, result.stderr
+    assert pg.psql(source_db, "select a, fresh from t") == "{1,2,3}|2\n"
+    assert "a[1:fresh]" in pg.psql(source_db, "select pg_get_constraintdef(oid)"
+                                              " from pg_constraint where conname = 't_check'")
 
 
 # --- SIGKILL of the controlling process -----------------------------------------------

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 from invoke import MockContext, Result
@@ -11,12 +13,15 @@ from invoke import MockContext, Result
 import tasks
 from helpers.config import parse_database_url
 from helpers.errors import UserError
+from helpers.process import Interrupted
 from helpers.restore import DumpFacts
+from helpers.swap import DatabaseIdentity
 
 
 def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_path,
                                                                           monkeypatch):
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: True)
     monkeypatch.delenv("PGOPTIONS", raising=False)
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
@@ -37,6 +42,7 @@ def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_pa
 
 def test_a_pure_create_script_goes_straight_to_psql(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: True)
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
     os.truncate(plaintext, tasks.SMALL_BACKUP)
@@ -49,6 +55,8 @@ def test_a_pure_create_script_goes_straight_to_psql(tmp_path, monkeypatch):
 def test_a_small_backup_is_inflated_by_gzip_which_starts_faster_than_python(tmp_path,
                                                                             monkeypatch):
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: True)
+    monkeypatch.setattr(tasks.shutil, "which", lambda program: f"/usr/bin/{program}")
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
     os.truncate(plaintext, tasks.SMALL_BACKUP - 1)
@@ -85,7 +93,9 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
 
 
 def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tmp_path):
-    fresh = parse_database_url("postgresql:///app__carabase_restoring", "V")
+    fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring?sslmode=require",
+                               "V")
+    server = fresh.on_database("template1")
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
     context = MockContext(run=Result(exited=0))
@@ -93,15 +103,50 @@ def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tm
               'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
 
     tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
-                     create=create)
+                     create=create, server=server)
 
     [command] = [call.args[0] for call in context.run.call_args_list]
     psql = shlex.split(command.rsplit("|", 1)[1].removesuffix("> /dev/null"))
-    assert psql[psql.index("--dbname") + 1] == "postgresql:///postgres"  # not fresh yet
+    assert psql[psql.index("--dbname") + 1] == "postgresql://u@h/template1?sslmode=require"
     assert psql[psql.index("--dbname") + 2:] == [
         "--command", create[0], "--command", create[1],  # each on its own: no transaction
-        "--set", "fresh=dbname='app__carabase_restoring'",
-        "--command", r"\connect -reuse-previous=on :fresh", "--file", "-"]
+        # then the fresh database by its URI, as any psql here connects; and the variable
+        # is gone before the dump is read, which could hold `:fresh` outside quotes.
+        "--set", "fresh=postgresql://u@h/app__carabase_restoring?sslmode=require",
+        "--command", r"\connect :fresh", "--command", r"\unset fresh", "--file", "-"]
+    assert "pw" not in command.replace("pipefail", "")
+
+
+def interrupted_swap(monkeypatch, oid_after: str):
+    """replace_database with a swap that a SIGTERM cut short, and a server that says
+    which database holds the target's name afterwards."""
+    monkeypatch.setattr(tasks, "apply_dump", lambda *args, **kwargs: None)
+
+    def swap_cut_short(*args, **kwargs):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(tasks, "rename_databases", swap_cut_short)
+    context = MockContext(run=[Result(exited=0), Result(stdout=oid_after + "\n")])
+    target = parse_database_url("postgresql:///app", "CARABASE_DEV_DATABASE_URL")
+    identity = DatabaseIdentity(owner="app", oid=16384)
+    return lambda: tasks.replace_database(context, Path("/nonexistent"), DumpFacts(), target,
+                                          identity, False, "restore into dev")
+
+
+def test_interrupted_after_the_swap_committed_says_the_backup_is_in_place(monkeypatch):
+    replace = interrupted_swap(monkeypatch, oid_after="24576")  # another database now
+
+    with pytest.raises(UserError, match="interrupted by SIGTERM after the swap had committed:"
+                                        " app holds the backup") as raised:
+        replace()
+    assert raised.value.code == 128 + signal.SIGTERM
+
+
+def test_interrupted_before_the_swap_committed_stays_an_interruption(monkeypatch):
+    replace = interrupted_swap(monkeypatch, oid_after="16384")  # the same database
+
+    with pytest.raises(Interrupted):
+        replace()
 
 
 def test_unconfigured_prod_that_cannot_be_connected_to_is_looked_up_only_under_its_name(

@@ -27,11 +27,6 @@ def test_a_long_target_name_still_gets_distinct_names_within_63_bytes_every_time
     assert swap.undo_name(long_a).encode().decode() == swap.undo_name(long_a)  # whole chars
 
 
-def test_a_database_name_for_connect_is_one_quoted_dbname_setting():
-    assert swap.conninfo_of_database("app") == "dbname='app'"
-    assert swap.conninfo_of_database("a'b = c\\d") == "dbname='a\\'b = c\\\\d'"
-
-
 def test_identifiers_and_literals_are_quoted():
     assert swap.quote_ident('a "b"') == '"a ""b"""'
     assert swap.quote_literal("it's \\ here") == "'it''s \\ here'"
@@ -64,6 +59,8 @@ def identity_json(**overrides) -> str:
 def test_identity_is_read_from_the_catalog_row():
     identity = DatabaseIdentity.from_json(identity_json())
 
+    assert identity.oid is None  # as from a server before 12
+    assert DatabaseIdentity.from_json(identity_json(row={"oid": 16384})).oid == 16384
     assert identity.owner == "app" and identity.collate == "en_US.UTF-8"
     assert identity.locale_provider is None and identity.connection_limit == 20
     assert identity.grants == (Grant(None, "TEMPORARY"), Grant("app", "CONNECT", True))
