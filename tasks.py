@@ -517,10 +517,9 @@ def held_transaction(c, db: Database, sql: str, action: str, stdin_stage: str | 
     psql prints once everything succeeded, and, only after that marker (and `ready()`,
     when given, says yes), COMMIT. Should this process die at any point before, even by
     SIGKILL, the kernel closes the FIFO, psql reads its end, and the server rolls the
-    transaction back. `stdin_stage` feeds psql's standard input (`\\i /dev/stdin` in
-    `sql` reads it). Returns invoke's result: `committed(result)` says whether COMMIT
-    went through, `result.ok` whether `after` did too.
-    """
+    transaction back. `stdin_stage` feeds psql's stdin (`\\i /dev/stdin` in `sql` reads
+    it). Returns invoke's result: committed(result) if COMMIT went through, result.ok
+    if `after` did too."""
     with private_tempdir() as workdir:
         feed = workdir / "transaction.sql"
         os.mkfifo(feed, 0o600)
