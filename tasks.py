@@ -356,7 +356,7 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     except BaseException as error:
         drop_database(c, fresh)  # waits for the swap to end; gone already if it committed
         if isinstance(error, Interrupted):
-            refuse_if_swapped_in(c, server, target, identity, error, action)
+            report_if_swapped_in(c, server, target, identity, error, action)
         raise
     if not result.ok:  # swapped in; only a drop after the COMMIT failed
         print(f"{action}: warning: the restore is done, but an old copy could not be dropped"
@@ -365,7 +365,7 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
     return result.ok
 
 
-def refuse_if_swapped_in(c, server: Database, target: Database,
+def report_if_swapped_in(c, server: Database, target: Database,
                          identity: swap.DatabaseIdentity | None, stop: Interrupted,
                          action: str) -> None:
     """Interrupted while the swap's psql ran: if the swap had committed (another database
