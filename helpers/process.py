@@ -1,8 +1,8 @@
 """Process control every task shares: the env's lock, stopping cleanly on a signal, and
 the lifeline that stops a pipeline when the process controlling it dies.
 
-The one helper module that starts processes (`ps`, to find our descendants; the command
-a lifeline guards).
+The processes themselves (`ps` to find our descendants, the command a lifeline guards)
+are started in helpers.lifeline, which `python -m helpers.lifeline` runs on its own.
 """
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import fcntl
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from helpers.config import env_dir
 from helpers.errors import UserError
+from helpers.lifeline import terminate_descendants
 from helpers.tree import ensure_private_dir
 
 
@@ -93,28 +92,6 @@ def stop_on_signal(action: str):
             signal.signal(signum, handler)
 
 
-def terminate_descendants() -> None:
-    """SIGTERM every process below this one (portable: ps exists on macOS and Linux).
-
-    The tree is read once, before the first signal, so that processes whose parent dies
-    meanwhile (and are handed to init) are signalled all the same."""
-    listing = subprocess.run(
-        ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True
-    ).stdout
-    children: dict[int, list[int]] = {}
-    for line in listing.splitlines():
-        pid, ppid = (int(field) for field in line.split())
-        children.setdefault(ppid, []).append(pid)
-    pending = list(children.get(os.getpid(), []))
-    while pending:
-        pid = pending.pop()
-        pending.extend(children.get(pid, []))
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
 def watching_terminal() -> str | None:
     """The terminal our stderr is on, if any: a person is watching there. None under
     cron, launchd and systemd (output to cron.log) or with output to a file or pipe."""
@@ -140,26 +117,3 @@ def on_lifeline(command: str) -> str:
     `command` itself reads /dev/null.
     """
     return shlex.join([sys.executable, "-m", "helpers.lifeline", "bash", "-c", command])
-
-
-def run_on_lifeline(argv: list[str], lifeline: int = 0) -> int:
-    """Run `argv` until it ends, or until `lifeline` (a file descriptor) reaches
-    end-of-file: then SIGTERM it and all its descendants. Returns its exit status as a
-    shell gives it (128 + N when signal N ended it)."""
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    # Ctrl-C reaches the whole foreground process group: the command stops by itself,
-    # and the controlling process stops whatever is left (stop_on_signal).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        try:
-            while os.read(lifeline, 4096):  # nobody writes: anything read is ignored
-                pass
-        except OSError:  # an unusable lifeline is as good as a cut one
-            pass
-        if child.poll() is None:
-            terminate_descendants()
-
-    threading.Thread(target=watch, daemon=True).start()
-    status = child.wait()
-    return status if status >= 0 else 128 - status
