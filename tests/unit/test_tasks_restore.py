@@ -17,6 +17,8 @@ from helpers.process import Interrupted
 from helpers.restore import DumpFacts
 from helpers.swap import DatabaseIdentity
 
+ISAL_INFLATE = f"{sys.executable} -m isal.igzip -dc"
+
 
 def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_path,
                                                                           monkeypatch):
@@ -32,50 +34,33 @@ def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_pa
     tasks.apply_dump(context, plaintext, DumpFacts(clean_section=True), db, "restore into dev")
 
     (command,), options = context.run.call_args
-    inflate = f"{sys.executable} -m isal.igzip -dc < {plaintext}"
-    assert command.startswith(f"set -o pipefail; {inflate} | ")
+    assert command.startswith(f"set -o pipefail; {ISAL_INFLATE} < {plaintext} | ")
     assert "-m helpers.clean_section | psql -X --quiet --set ON_ERROR_STOP=on" in command
     assert "--dbname postgresql://u@h/db__carabase_restoring" in command
     assert "pw" not in command.replace("pipefail", "")
     assert options["env"]["PGOPTIONS"] == "-c synchronous_commit=off"
 
 
-def test_a_pure_create_script_goes_straight_to_psql(tmp_path, monkeypatch):
+@pytest.mark.parametrize("isal, size, inflate", [
+    # A pure create script goes straight from ISA-L to psql...
+    (True, tasks.SMALL_BACKUP, ISAL_INFLATE),
+    # ...but gzip inflates a small backup: it starts faster than Python.
+    (True, tasks.SMALL_BACKUP - 1, "gzip -dc"),
+    # Where ISA-L does not load, gzip inflates whatever the size.
+    (False, tasks.SMALL_BACKUP, "gzip -dc"),
+], ids=["isal-for-a-big-backup", "gzip-for-a-small-backup", "gzip-where-isal-cannot-load"])
+def test_the_dump_stream_inflates_with_the_fastest_program_there(tmp_path, monkeypatch, isal,
+                                                                 size, inflate):
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
-    monkeypatch.setattr(tasks, "isal_loads", lambda: True)
-    plaintext = tmp_path / "dump.sql.gz"
-    plaintext.write_bytes(b"")
-    os.truncate(plaintext, tasks.SMALL_BACKUP)
-
-    stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
-
-    assert stream == f"{sys.executable} -m isal.igzip -dc < {plaintext}"
-
-
-def test_a_small_backup_is_inflated_by_gzip_which_starts_faster_than_python(tmp_path,
-                                                                            monkeypatch):
-    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
-    monkeypatch.setattr(tasks, "isal_loads", lambda: True)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: isal)
     monkeypatch.setattr(tasks.shutil, "which", lambda program: f"/usr/bin/{program}")
     plaintext = tmp_path / "dump.sql.gz"
     plaintext.write_bytes(b"")
-    os.truncate(plaintext, tasks.SMALL_BACKUP - 1)
+    os.truncate(plaintext, size)
 
     stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
 
-    assert stream == f"gzip -dc < {plaintext}"
-
-
-def test_where_isal_does_not_load_gzip_inflates(tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
-    monkeypatch.setattr(tasks, "isal_loads", lambda: False)
-    plaintext = tmp_path / "dump.sql.gz"
-    plaintext.write_bytes(b"")
-    os.truncate(plaintext, tasks.SMALL_BACKUP)
-
-    stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
-
-    assert stream == f"gzip -dc < {plaintext}"
+    assert stream == f"{inflate} < {plaintext}"
 
 
 def test_a_role_without_createdb_is_refused_pointing_to_in_place():
