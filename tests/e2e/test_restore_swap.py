@@ -297,12 +297,17 @@ def test_sql_that_looks_like_a_psql_variable_of_ours_is_applied_as_written(
 # --- SIGKILL of the controlling process -----------------------------------------------
 
 
+def sleepy_backup(folder: Path, stamp: str, key: str, seconds: int) -> Path:
+    """A backup whose apply creates a table, then sleeps `seconds` in pg_sleep (where
+    a test can find it, and act while the restore waits)."""
+    sql = f"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep({seconds});\n"
+    return seal_backup(folder / f"{stamp}.sql.gz.enc", gzip.compress(sql.encode()), key)
+
+
 @pytest.fixture
 def slow_backup(master_key, tmp_path):
     """A backup whose apply creates a table, then dawdles."""
-    sql = b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(60);\n"
-    return seal_backup(tmp_path / "2026-02-02T031700.sql.gz.enc", gzip.compress(sql),
-                       master_key)
+    return sleepy_backup(tmp_path, "2026-02-02T031700", master_key, 60)
 
 
 def query_waiting(pg, dbname: str, like: str) -> bool:
@@ -334,8 +339,7 @@ def test_sigkill_during_the_apply_leaves_the_target_and_the_next_restore_cleans_
 def test_sigkill_while_the_swap_waits_commits_nothing(
         pg, dev_environ, source_db, database_factory, master_key, tmp_path):
     good = take_backup(dev_environ)
-    backup = seal_backup(tmp_path / "2026-02-04T031700.sql.gz.enc", gzip.compress(
-        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+    backup = sleepy_backup(tmp_path, "2026-02-04T031700", master_key, 2)
     pg.psql(source_db, "update item set name = 'live'")
     before = snapshot(pg, source_db)
     restoring = swap.restoring_name(source_db)
@@ -385,8 +389,7 @@ def test_a_swap_that_fails_keeps_the_target_and_the_previous_undo_copy(
     database_factory.adopt(swap.undo_name(source_db))
     assert restore(dev_environ, "dev", good).returncode == 0
     restored = snapshot(pg, source_db)
-    slow = seal_backup(tmp_path / "2026-02-05T031700.sql.gz.enc", gzip.compress(
-        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+    slow = sleepy_backup(tmp_path, "2026-02-05T031700", master_key, 2)
     restoring, retired = swap.restoring_name(source_db), swap.retired_name(source_db)
 
     failing = start_invoke("backup.restore", "dev", str(slow), "--yes", env=dev_environ)
@@ -439,8 +442,7 @@ def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, sourc
                                                            master_key, tmp_path):
     pg.psql(source_db, "update item set name = 'live'")
     before = snapshot(pg, source_db)
-    short = seal_backup(tmp_path / "2026-02-03T031700.sql.gz.enc", gzip.compress(
-        b"CREATE TABLE public.from_the_backup (id int);\nSELECT pg_sleep(2);\n"), master_key)
+    short = sleepy_backup(tmp_path, "2026-02-03T031700", master_key, 2)
 
     killed = start_invoke("backup.restore", "dev", str(short), "--yes", "--in-place",
                           env=dev_environ)
