@@ -732,8 +732,9 @@ def status(c, json=False):
 # --- off-site copies ------------------------------------------------------------------
 
 # rclone logs one JSON object a line on stderr: for each file it copies, what it checked
-# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG) and "Copied (...)"; an
-# error line for each file that failed; and no transfer statistics.
+# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG); an error line naming
+# each file that failed; and no transfer statistics. Whether a file arrived is judged
+# from a listing after the copy (push_backups).
 RCLONE_LOG = ("--use-json-log", "--log-level", "DEBUG", "--stats", "0")
 
 
@@ -797,12 +798,7 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     missing = [path for path in sizes if path not in remote]
     copied, hashes = [], set()  # the paths copied; the hashes rclone checked them by
     if missing:
-        # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
-        copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
-                          *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
-        outcome = offsite.copy_outcome(missing, copy.stderr)
-        if not copy.ok and not outcome.reported:
-            raise UserError(f"{action} failed: {rclone_failure(copy)}")
+        outcome = copy_missing(c, program, dest, env, missing, sizes, action)
         failed.update(outcome.failed)
         for path, kinds in outcome.confirmed.items():
             copied.append(path)
@@ -824,6 +820,20 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
         print(f"{action}: {len(copied)} copied and verified ({how}),"
               f" {len(backups) - len(copied)} already off-site")
     return len(copied)
+
+
+def copy_missing(c, program: Path, dest: offsite.Destination, env: str, missing: list[str],
+                 sizes: dict[str, int], action: str) -> offsite.CopyOutcome:
+    """rclone copy of `missing`, then the remote listed again: a file counts as copied
+    when it is there with its local size (not by how rclone words its log lines)."""
+    # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
+    copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
+                      *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
+    if not copy.ok and not offsite.failed_objects(copy.stderr):
+        raise UserError(f"{action} failed: {rclone_failure(copy)}")
+    listed = {backup.relative: backup
+              for backup in remote_backups(c, program, dest, env, action)}
+    return offsite.copy_outcome(missing, sizes, listed, copy.stderr)
 
 
 @task(help={"env": "dev, staging or prod"})

@@ -124,6 +124,32 @@ def test_a_backup_lands_off_site_and_the_remote_copy_decrypts_to_the_same_dump(
     assert line.startswith("[dev    ] PASS ") and line.endswith(f" offsite={stamp}")
 
 
+def test_a_backup_over_rclones_multi_thread_cutoff_is_copied_recorded_and_passes(
+        dev_environ, remote, rclone_config, tmp_path):
+    # The cutoff is 256 MiB by default; lowered here so that a small backup crosses it.
+    environ = offsite_environ(dev_environ, remote.dest, rclone_config,
+                              RCLONE_MULTI_THREAD_CUTOFF="1k")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.bin").write_bytes(os.urandom(4096))
+    rclone_log = subprocess.run(
+        [rclone(), "copy", "--use-json-log", "-v", str(probe), f"{remote.dest}-probe"],
+        env=environ, capture_output=True, text=True, timeout=60).stderr
+    assert "Multi-thread Copied (new)" in rclone_log  # the case this test is about
+
+    result = run_invoke("backup.dev", env=environ)
+    assert result.returncode == 0, result.stderr
+    local = Path(result.stdout.split(" wrote ", 1)[1].split(" (", 1)[0])
+    assert local.stat().st_size > 1024
+    name = relative(retention.parse_backup_name(local.name))
+    assert (remote.root / "dev" / name).read_bytes() == local.read_bytes()
+    status = json.loads(run_invoke("backup.status", "--json", env=environ).stdout)
+    dev = next(entry for entry in status["envs"] if entry["env"] == "dev")
+    assert dev["status"] == "PASS"
+    assert dev["offsite"]["latest"] == retention.parse_backup_name(local.name).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_a_failed_copy_keeps_the_backup_and_says_how_to_retry(dev_environ, tmp_path, s3,
                                                                remote):
     config = write_config(tmp_path / "bad.conf", s3.config("s3test", secret="wrong" * 8))
