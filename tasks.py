@@ -1027,6 +1027,7 @@ def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHED
                   f" systemctl --user enable --now {timer}")
         print("dry run: nothing written")
         return
+    install.prepare_schedule_dir(files[0].path.parent, action)
     install.prepare_log(env, action)
     for file in files:
         install.write_atomically(file, action)
