@@ -55,7 +55,8 @@ from helpers.restore import (DamagedBackup, DumpFacts, ask, confirm_restore, dec
                              open_fifo_writer, private_tempdir, private_tempfile,
                              restore_lock, sessions_phrase)
 from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
-                          os_errors_reported, publish, remove_if_empty, remove_stale_partials)
+                          not_backups, os_errors_reported, publish, remove_if_empty,
+                          remove_stale_partials)
 
 REPO = Path(__file__).resolve().parent
 
@@ -713,12 +714,26 @@ def prune(c, env, dry_run=False):
     prune_offsite(c, env, dry_run)
 
 
+def report_not_backups(env: str, action: str) -> None:
+    """A line on stderr for each entry with a backup's name that is not a regular file:
+    not counted as a backup (README: Files)."""
+    try:
+        others = not_backups(env)
+    except OSError:  # status says why the env cannot be read
+        return
+    for path, kind in others:
+        print(f"{action}: {path} has a backup's name but is {kind}: not counted as a backup",
+              file=sys.stderr)
+
+
 @task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
 def status(c, json=False):
     """Freshness of every env in CARABASE_ENVS: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
     reports = [offsite.with_offsite(freshness.freshness_of(env, now), now)
                for env in configured_envs()]
+    for env in configured_envs():
+        report_not_backups(env, "status")
     worst = freshness.worst_status(reports)
     if json:
         print(freshness.status_json(worst, reports))
