@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from helpers import retention
-from helpers.config import env_dir
+from helpers.config import backup_root, env_dir
 from helpers.errors import UserError
 from helpers.freshness import FRESH_FOR, SEVERITY, STALE_AFTER, Freshness, utc_text
 
@@ -74,6 +74,7 @@ def destination() -> Destination | None:
     if not text:
         return None
     if text.startswith("/"):
+        refuse_the_local_tree(text)
         return Destination(text.rstrip("/") or "/", None)
     match = _REMOTE.match(text)
     if match is None or "," in match.group(1):
@@ -86,6 +87,17 @@ def destination() -> Destination | None:
             " RCLONE_CONFIG_<NAME>_* variables), never with parameters inline"
         )
     return Destination(text.rstrip("/") if not text.endswith(":/") else text, match.group(1))
+
+
+def refuse_the_local_tree(folder: str) -> None:
+    """A folder destination must not be the backup tree or inside it: every backup would
+    count as off-site already, and one disk would hold both copies."""
+    root = Path(os.path.realpath(backup_root()))
+    where = Path(os.path.realpath(folder))
+    if where == root or root in where.parents:
+        raise UserError(f"CARABASE_OFFSITE {folder} is the local backup tree {root} or inside"
+                        " it, so nothing would be off-site: point it at another disk, a NAS"
+                        " or an rclone remote")
 
 
 def require_destination(action: str) -> Destination:

@@ -252,6 +252,25 @@ def test_push_to_a_folder_remote(environ, backup_dir, folder_remote):
         f" offsite={newest.strftime('%Y-%m-%dT%H:%M:%SZ')}")
 
 
+@pytest.mark.parametrize("where", ["the tree", "inside it", "a symlink to it"])
+def test_a_folder_destination_that_is_the_local_tree_is_refused_by_push_and_status(
+        environ, backup_dir, tmp_path, where):
+    random_backup(backup_dir / "dev", ago(HOUR))
+    dest = {"the tree": backup_dir, "inside it": backup_dir / "offsite",
+            "a symlink to it": tmp_path / "looks-elsewhere"}[where]
+    if where == "a symlink to it":
+        dest.symlink_to(backup_dir)
+    environ = offsite_environ(environ, str(dest))
+    before = offsite_files(backup_dir)
+    for args in (["backup.push", "dev"], ["backup.status"]):
+        result = run_invoke(*args, env=environ)
+        assert result.returncode == 1
+        assert one_line(result.stderr) == (
+            f"CARABASE_OFFSITE {dest} is the local backup tree {backup_dir} or inside it, so"
+            " nothing would be off-site: point it at another disk, a NAS or an rclone remote")
+    assert offsite_files(backup_dir) == before
+
+
 def test_a_folder_destination_that_does_not_exist_is_never_created(environ, backup_dir,
                                                                    tmp_path):
     """A NAS that is not mounted: the copy must not land on the local disk instead."""

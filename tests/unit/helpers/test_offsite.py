@@ -57,6 +57,19 @@ def test_a_relative_folder_or_inline_parameters_are_refused(monkeypatch, text):
     assert "XYZ" not in caught.value.message and "=A" not in caught.value.message
 
 
+@pytest.mark.parametrize("inside, refused", [("", True), ("/", True), ("/dev/x", True),
+                                             ("-offsite", False)])
+def test_a_folder_destination_in_the_local_tree_is_refused(monkeypatch, tmp_path, inside,
+                                                           refused):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "tree"))
+    monkeypatch.setenv("CARABASE_OFFSITE", str(tmp_path / "tree") + inside)
+    if refused:
+        with pytest.raises(UserError, match="is the local backup tree"):
+            offsite.destination()
+    else:  # a sibling whose name starts alike is elsewhere
+        assert offsite.destination().text == str(tmp_path / "tree-offsite")
+
+
 def test_user_rclone_settings_win_over_the_defaults(monkeypatch):
     monkeypatch.setenv("RCLONE_RETRIES", "9")
     added = offsite.rclone_environment()
