@@ -924,11 +924,42 @@ def download_verified(c, program: Path, remote: str, partial: Path, size: int,
                         " remote's")
 
 
+def fetch_into(c, program: Path, remote: str, final: Path, chosen: offsite.RemoteBackup,
+               key: bytes, action: str) -> None:
+    """Download `remote` beside `final` under a temporary name, check it (size, hash,
+    then authenticated: status and prune would count a damaged file as a good backup),
+    and only then give it its final name. Under the env's lock."""
+    day = ensure_private_dir(final.parent)
+    partial = day / retention.partial_name(chosen.stamp)
+    try:
+        download_verified(c, program, remote, partial, chosen.size, action)
+        damage = verify_file(key, partial)
+        if damage:
+            raise UserError(f"{action} refused: {remote} is damaged ({damage}): not kept;"
+                            f" check the other copies with: invoke backup.verify"
+                            f" {final.parent.parent.name} --offsite --all")
+        publish(partial, final, action)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        remove_if_empty(day)
+        raise
+
+
+def fetch_key(action: str) -> bytes:
+    """The master key, which fetch needs to authenticate a download before keeping it."""
+    try:
+        return require_key()
+    except UserError as error:
+        raise UserError(f"{action}: needs the master key to check the download before"
+                        f" keeping it ({error.message.removeprefix('refusing to run: ')})") \
+            from None
+
+
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
-    """Download an off-site backup into the local tree (verified, never overwriting) and
-    print its path, for backup.restore."""
+    """Download an off-site backup into the local tree (size, hash and authentication
+    checked before it gets its name; never overwriting) and print its path."""
     action = f"fetch {check_env(env)}"
     dest = offsite.require_destination(action)
     program = rclone_program(c)
@@ -944,18 +975,11 @@ def fetch(c, env, which):
                             " not overwritten (move it aside to fetch this one)")
         print(final)
         return
+    key = fetch_key(action)
     with os_errors_reported(action), stop_on_signal(f"{action} (nothing was kept)"), \
             env_lock(env, action):
-        day = ensure_private_dir(final.parent)
-        partial = day / retention.partial_name(chosen.stamp)
-        try:
-            download_verified(c, program, dest.backup_path(env, chosen.relative), partial,
-                              chosen.size, action)
-            publish(partial, final, action)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            remove_if_empty(day)
-            raise
+        fetch_into(c, program, dest.backup_path(env, chosen.relative), final, chosen, key,
+                   action)
     print(final)
 
 

@@ -498,6 +498,43 @@ def test_fetch_then_restore_on_a_second_clone_rebuilds_the_database(
     assert snapshot(pg, target) == snapshot(pg, source_db)
 
 
+def test_fetch_of_a_damaged_copy_keeps_nothing_and_status_counts_no_backup(
+        s3_environ, backup_dir, remote, key_file):
+    environ = {**s3_environ, "HOST_MASTER_KEY_FILE": str(key_file)}
+    stamp = ago(HOUR)
+    random_backup(backup_dir / "dev", stamp)  # a backup's name, bytes no key opens
+    assert run_invoke("backup.push", "dev", env=environ).returncode == 0
+    (backup_dir / "dev" / relative(stamp)).unlink()
+    (backup_dir / "dev" / ".offsite.json").unlink()
+
+    result = run_invoke("backup.fetch", "dev", "latest", env=environ)
+
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(f"fetch dev refused: {remote.dest}/dev/{relative(stamp)} is damaged")
+    assert line.endswith("not kept; check the other copies with: invoke backup.verify dev"
+                         " --offsite --all")
+    assert {path.name for path in (backup_dir / "dev").rglob("*") if path.is_file()} \
+        == {".lock"}
+    status = run_invoke("backup.status", env={**environ, "CARABASE_ENVS": "dev"})
+    assert status.stdout.startswith("[dev    ] FAIL no backups")
+
+
+def test_fetch_without_the_key_says_it_needs_it_and_downloads_nothing(
+        s3_environ, backup_dir, remote):
+    stamp = ago(HOUR)
+    random_backup(backup_dir / "dev", stamp)
+    assert run_invoke("backup.push", "dev", env=s3_environ).returncode == 0
+    (backup_dir / "dev" / relative(stamp)).unlink()
+
+    result = run_invoke("backup.fetch", "dev", "latest", env=s3_environ)
+
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith(
+        "fetch dev: needs the master key to check the download before keeping it (")
+    assert not (backup_dir / "dev" / relative(stamp)).exists()
+
+
 def test_fetch_of_an_unknown_stamp_lists_the_newest(s3_environ, backup_dir, remote):
     stamp = ago(HOUR)
     random_backup(backup_dir / "dev", stamp)
