@@ -958,8 +958,8 @@ def fetch_key(action: str) -> bytes:
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
-    """Download an off-site backup into the local tree (size, hash and authentication
-    checked before it gets its name; never overwriting) and print its path."""
+    """Download an off-site backup into the local tree (verified, never overwriting) and
+    print its path, for backup.restore."""
     action = f"fetch {check_env(env)}"
     dest = offsite.require_destination(action)
     program = rclone_program(c)
