@@ -319,7 +319,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
     if in_place:
-        print(f"{action}: applied in place: there is no undo copy")
+        print(f"{action}: applied in place: {undo_after_in_place(c, env, target, action)}")
     elif identity is None:
         print(f"{action}: {target.name} did not exist before: there is nothing to undo")
     elif no_keep and tidy:
@@ -329,6 +329,18 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         print(f"{action}: the replaced database is kept as {swap.undo_name(target.name)}"
               f" ({progress.human_bytes(identity.size)}); to put it back: invoke"
               f" backup.undo-restore {env}{' --i-know' if env == 'prod' else ''}")
+
+
+def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
+    """What undo-restore would do after an --in-place restore, which keeps no copy of
+    what it replaced: nothing, or bring back the copy an earlier restore kept."""
+    undo = swap.undo_name(target.name)
+    kept = database_identity(c, maintenance_of(target), undo, action)
+    if kept is None:
+        return "there is no undo copy"
+    return (f"no copy of what it replaced was kept; undo-restore {env} would bring back"
+            f" {undo} ({progress.human_bytes(kept.size)}), the copy an earlier restore kept,"
+            " and replace this restore's result")
 
 
 def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,

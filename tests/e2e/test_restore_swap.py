@@ -523,6 +523,29 @@ def test_role_without_createdb_gets_a_one_line_refusal_then_in_place_works(
     assert in_place.returncode == 0, in_place.stderr
     assert snapshot(pg, source_db) == expected
     assert databases_like(pg, source_db) == [source_db]
+    assert in_place.stdout.splitlines()[-1] == \
+        "restore into dev: applied in place: there is no undo copy"
+
+
+def test_after_an_in_place_restore_the_message_names_the_older_undo_copy_undo_brings_back(
+        pg, dev_environ, source_db, varied_backup, database_factory):
+    first_replaced = full_snapshot(pg, source_db)
+    assert restore(dev_environ, "dev", varied_backup).returncode == 0
+    database_factory.adopt(swap.undo_name(source_db))
+    pg.psql(source_db, "create table after_first_restore (id int);")
+
+    in_place = restore(dev_environ, "dev", varied_backup, "--in-place")
+
+    assert in_place.returncode == 0, in_place.stderr
+    line = in_place.stdout.splitlines()[-1]
+    assert line.startswith("restore into dev: applied in place: no copy of what it replaced"
+                           f" was kept; undo-restore dev would bring back"
+                           f" {swap.undo_name(source_db)} (")
+    assert line.endswith("), the copy an earlier restore kept, and replace this restore's"
+                         " result")
+    undo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+    assert undo.returncode == 0, undo.stderr
+    assert full_snapshot(pg, source_db) == first_replaced  # as the message said
 
 
 # --- also fixed -------------------------------------------------------------------------
