@@ -169,9 +169,10 @@ def restore_lock(env: str, action: str):
 
 def restore_lock_path(env: str) -> Path:
     """`carabase-<uid>/restore-<env>-<hash of the backup root>.lock` in the runtime
-    directory (XDG_RUNTIME_DIR) or else the temporary one: one lock per env and tree."""
+    directory (XDG_RUNTIME_DIR), else in /tmp: one lock per env and tree. Not in TMPDIR,
+    which two restores of the same env may set differently."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    base = runtime if os.path.isabs(runtime) and os.path.isdir(runtime) else temp_directory()
+    base = runtime if os.path.isabs(runtime) and os.path.isdir(runtime) else "/tmp"
     directory = Path(base) / f"carabase-{os.getuid()}"
     try:
         directory.mkdir(mode=0o700)
@@ -182,7 +183,7 @@ def restore_lock_path(env: str) -> Path:
             or found.st_mode & 0o077:
         # In a shared /tmp another user could have made it, to read or break our lock.
         raise UserError(f"{directory} is not a private directory of this user (0700):"
-                        f" remove it, or set TMPDIR to a directory of your own")
+                        f" remove it, or set XDG_RUNTIME_DIR to a directory of your own")
     tree = hashlib.sha256(os.path.abspath(backup_root()).encode()).hexdigest()[:16]
     return directory / f"restore-{env}-{tree}.lock"
 
