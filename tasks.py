@@ -728,7 +728,7 @@ def prune(c, env, dry_run=False):
 
 def report_not_backups(env: str, action: str) -> None:
     """A line on stderr for each entry with a backup's name that is not a regular file:
-    not counted as a backup (README: Files)."""
+    not counted as a backup (docs/retention.md)."""
     try:
         others = not_backups(env)
     except OSError:  # status says why the env cannot be read

@@ -14,7 +14,7 @@ def prune_backups(env: str, dry_run: bool) -> None:
     backups, others = tree.scan_backups(env)
     delete_word = "would delete" if dry_run else "delete"
     width = len(delete_word)
-    for path, kind in others:  # README: Files
+    for path, kind in others:  # never backups: docs/retention.md
         print(f"{'skip':<{width}}  {path.parent.name}/{path.name}  {kind}, not a backup:"
               " left alone")
     if not backups:
