@@ -1677,10 +1677,10 @@ def restore_cluster(c, setup: pitr.Setup, target: datetime | None, directory: Pa
         raise UserError(f"{action}: port {port} is in use: choose another --port")
     empty_restore_dir(directory, server.owner, action)
     aim = ("--type=default",) if target is None else \
-        ("--type=time", f"--target={pitr.target_text(target)}")
+        ("--type=time", f"--target={pitr.target_text(target)}", "--target-action=promote")
     # archive-mode=off: the new cluster must never archive into the env's repository.
     run_pgbackrest(c, setup, f"--pg1-path={directory}", "--archive-mode=off", *aim,
-                   "--target-action=promote", "restore", action=action)
+                   "restore", action=action)
     options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories="
                f"{shlex.quote(server.socket_dir)} -c archive_mode=off")
     started = c.run(as_owner(server.owner, server.bindir / "pg_ctl", "-D", directory, "-l",
@@ -1765,7 +1765,7 @@ def pitr_drill(c, env):
         if live is None or counted is None:
             problems = [f"cannot count tables: {why or why_restored}"]
         else:
-            problems = pitr.drill_problems(live.tables, counted[0])
+            problems = pitr.drill_problems(live.estimates, counted[0])
     except UserError as error:
         problems = [error.message]
     finally:
@@ -1787,8 +1787,9 @@ def verify_pitr(c, env: str, action: str) -> bool | None:
     if setup is None:
         return None
     require_pgbackrest(action)
-    result = run_pgbackrest(c, setup, "--log-level-console=info", "verify", action=action,
-                            check=False)
+    # No retries: a file that fails to read fails again, 15 s later by default.
+    result = run_pgbackrest(c, setup, "--log-level-console=info", "--job-retry=0", "verify",
+                            action=action, check=False)
     problems = pitr.verify_problems(result.stdout + result.stderr)
     if not result.ok and not problems:
         problems = [pgbackrest_failure(result)]

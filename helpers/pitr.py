@@ -334,15 +334,14 @@ def check_target(target: datetime | None, info: Info, archived_until: datetime |
 
 
 def verify_problems(output: str) -> list[str]:
-    """What `pgbackrest verify` found wrong: it may exit 0 having printed `status: error`
-    (seen with a damaged WAL file), so its text decides."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    if not any(re.search(r"\bstatus: error\b", line) for line in lines):
+    """What `pgbackrest verify` (console at info) found wrong. It may exit 0 having
+    printed `status: error` (seen with a damaged WAL file), so its text decides."""
+    if not re.search(r"^\s*status: error\s*$", output, re.M):
         return []
-    details = [line for line in lines
-               if re.search(r"invalid|missing|error|checksum", line, re.I)
-               and "status: error" not in line]
-    return details or ["status: error"]
+    # "2026-... P01   INFO: invalid result 15-1/.../0000...zst: [29] ... zst error: ..."
+    found = [match.group(1) for match in
+             re.finditer(r"^\S+ \S+ P\d+\s+\w+: ((?:invalid|missing)\b.*)$", output, re.M)]
+    return found or ["status: error"]
 
 
 # --- status --------------------------------------------------------------------------
