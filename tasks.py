@@ -1382,6 +1382,9 @@ PITR_SETTINGS_QUERY = """
       'archive_command', current_setting('archive_command'),
       'archive_library', coalesce(current_setting('archive_library', true), ''),
       'archive_timeout', current_setting('archive_timeout'),
+      'config_file', current_setting('config_file'),
+      'hba_file', current_setting('hba_file'),
+      'ident_file', current_setting('ident_file'),
       'role', current_user,
       'superuser', (select rolsuper from pg_roles where rolname = current_user),
       'recovery', pg_is_in_recovery())"""
@@ -1466,8 +1469,11 @@ def local_server(live: dict, action: str) -> pitr.Server:
                         " machine (or not readable here): PITR is set up where the server"
                         " runs") from None
     socket = next((s.strip() for s in live["sockets"].split(",") if s.strip()), "/tmp")
+    # Debian keeps the configuration in /etc: a restore has to borrow its hba files.
+    outside = data not in Path(live["config_file"]).parents
     return pitr.Server(data, int(live["port"]), socket, live["role"], owner,
-                       Path(opts[0].strip("'\"")).parent)
+                       Path(opts[0].strip("'\"")).parent,
+                       (live["hba_file"], live["ident_file"]) if outside else None)
 
 
 def owned_dir(path: Path, owner: str) -> None:
@@ -1683,6 +1689,12 @@ def restore_cluster(c, setup: pitr.Setup, target: datetime | None, directory: Pa
                    "restore", action=action)
     options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories="
                f"{shlex.quote(server.socket_dir)} -c archive_mode=off")
+    if server.config_elsewhere:  # the restored directory has no configuration of its own
+        hba, ident = server.config_elsewhere
+        options += f" -c hba_file={shlex.quote(hba)} -c ident_file={shlex.quote(ident)}"
+        write_owned(directory / "postgresql.conf", "# pitr-restore: the live server's"
+                    " configuration is outside its data directory; defaults here\n",
+                    server.owner)
     started = c.run(as_owner(server.owner, server.bindir / "pg_ctl", "-D", directory, "-l",
                              directory / "startup.log", "-o", options, "-w", "-t", "600",
                              "start"), hide=True, warn=True, in_stream=False)

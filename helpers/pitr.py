@@ -93,16 +93,20 @@ class Server:
     role: str  # the superuser role pgBackRest connects as
     owner: str  # the OS user owning the data directory
     bindir: Path  # where pg_ctl is
+    # (hba_file, ident_file) where the configuration lives outside the data directory
+    # (Debian's /etc/postgresql): a restored data directory has none of its own.
+    config_elsewhere: tuple[str, str] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Server:
+        elsewhere = data.get("config_elsewhere")
         return cls(Path(data["data_dir"]), int(data["port"]), data["socket_dir"], data["role"],
-                   data["owner"], Path(data["bindir"]))
+                   data["owner"], Path(data["bindir"]), tuple(elsewhere) if elsewhere else None)
 
     def as_json(self) -> dict:
         return {"data_dir": str(self.data_dir), "port": self.port,
                 "socket_dir": self.socket_dir, "role": self.role, "owner": self.owner,
-                "bindir": str(self.bindir)}
+                "bindir": str(self.bindir), "config_elsewhere": self.config_elsewhere}
 
 
 @dataclass(frozen=True)

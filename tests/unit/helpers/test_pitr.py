@@ -239,3 +239,16 @@ def test_retention_days_defaults_to_14_and_refuses_nonsense(monkeypatch):
     monkeypatch.setenv("CARABASE_PITR_DAYS", "0")
     with pytest.raises(UserError, match="CARABASE_PITR_DAYS"):
         pitr.retention_days()
+
+
+def test_the_pointer_file_keeps_where_the_configuration_lives_outside_the_data_dir(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    debian = pitr.Server(SERVER.data_dir, 5432, "/var/run/postgresql", "postgres", "postgres",
+                         SERVER.bindir, ("/etc/postgresql/15/main/pg_hba.conf",
+                                         "/etc/postgresql/15/main/pg_ident.conf"))
+    setup = pitr.Setup("prod", Path("/srv/pitr/prod"), debian)
+    (tmp_path / "prod").mkdir()
+    pitr.pointer_path("prod").write_text(pitr.pointer_json(setup))
+    assert pitr.load_setup("prod") == setup
+    assert pitr.load_setup("dev") is None
