@@ -515,10 +515,11 @@ class WithPitr(WithOffsite):
         return {**super().as_json(), "pitr": self.pitr}
 
 
-def with_pitr(report: WithOffsite, verdict: str, data: dict) -> WithPitr:
+def with_pitr(report: WithOffsite, verdict: str, data: dict | None) -> WithPitr:
+    """`report` with its PITR part (None: PITR is not set up for the env)."""
     values = {item.name: getattr(report, item.name) for item in fields(report)}
     if SEVERITY[verdict] > SEVERITY[report.status]:
         values["status"] = verdict
-    if data["warnings"]:
+    if data and data["warnings"]:
         values["warning"] = "; ".join(filter(None, [report.warning, *data["warnings"]]))
     return WithPitr(**values, pitr=data)
