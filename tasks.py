@@ -1827,7 +1827,10 @@ def pitr_facts(c, env: str, setup: pitr.Setup) -> pitr.Facts:
 
 
 def with_pitr(c, report, now: datetime):
-    setup = pitr.load_setup(report.env)
+    try:
+        setup = pitr.load_setup(report.env)
+    except UserError as unreadable:
+        return pitr.with_pitr(report, "WARN", {"warnings": [f"PITR: {unreadable.message}"]})
     if setup is None:
         return pitr.with_pitr(report, "PASS", None)
     verdict, data, _ = pitr.judge(pitr_facts(c, report.env, setup), now)

@@ -144,7 +144,7 @@ def load_setup(env: str) -> Setup | None:
     try:
         data = json.loads(path.read_text())
         return Setup(env, Path(data["directory"]), Server.from_json(data["server"]))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"cannot read {path}: {getattr(error, 'strerror', None) or error};"
@@ -400,8 +400,8 @@ def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
 
 def status_part(data: dict) -> str:
     """` pitr=<last archived>/<newest base>` on the env's status line."""
-    return (f" pitr=wal:{data['last_archived'] or 'none'}"
-            f",base:{data['newest_base_backup'] or 'none'}")
+    return (f" pitr=wal:{data.get('last_archived') or 'none'}"
+            f",base:{data.get('newest_base_backup') or 'none'}")
 
 
 # --- the drill -----------------------------------------------------------------------

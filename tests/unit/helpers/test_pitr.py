@@ -252,3 +252,11 @@ def test_the_pointer_file_keeps_where_the_configuration_lives_outside_the_data_d
     pitr.pointer_path("prod").write_text(pitr.pointer_json(setup))
     assert pitr.load_setup("prod") == setup
     assert pitr.load_setup("dev") is None
+
+
+def test_an_unreadable_pointer_file_says_to_run_setup_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    (tmp_path / "dev").mkdir()
+    pitr.pointer_path("dev").write_text("{not json")
+    with pytest.raises(UserError, match=r"run invoke backup\.pitr-setup dev again"):
+        pitr.load_setup("dev")
