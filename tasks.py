@@ -12,6 +12,10 @@
     invoke backup.nightly prod                 what the schedule runs: backup, push, prune, drill
     invoke backup.install-cron prod            run backup.nightly prod at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
+    invoke backup.pitr-setup prod [--restart]  WAL archiving to pgBackRest (server on this machine)
+    invoke backup.pitr-backup prod             a pgBackRest base backup, copied off-site
+    invoke backup.pitr-restore prod --to T --data-dir DIR --port P   a new cluster at T
+    invoke backup.pitr-drill prod              restore to now into a scratch cluster, check
 
 This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/pigz,
 psql). What is not composing or running a command lives in `helpers/`: configuration
@@ -19,8 +23,9 @@ psql). What is not composing or running a command lives in `helpers/`: configura
 process control (process), the envelope (crypto), schedule files (install, launchd,
 systemd), off-site copies (offsite: rclone is run here, its output read there),
 verifying (verify), the drill's dump counts and judgement (dumpscan, drill), the nightly
-job's pings and log (notify, cronlog). Sections: composing commands, backup, restore,
-prune and status, off-site copies, schedule, verify and drill, nightly, the namespace.
+job's pings and log (notify, cronlog), PITR's config, passphrase and judgements (pitr).
+Sections: composing commands, backup, restore, prune and status, off-site copies,
+schedule, verify and drill, point-in-time recovery, nightly, the namespace.
 See README.md.
 """
 from __future__ import annotations

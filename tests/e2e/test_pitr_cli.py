@@ -197,6 +197,24 @@ def test_a_wrong_master_key_gives_one_clear_line(pitr):
     assert len(pitr.info()["backup"]) == 1  # nothing was backed up with it
 
 
+def test_backup_copies_the_encrypted_repository_off_site_and_never_the_config(pitr, tmp_path):
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+
+    result = run_invoke("backup.pitr-backup", "dev", "--type", "incr",
+                        env={**pitr.environ, "CARABASE_OFFSITE": str(offsite)}, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    copy = offsite / "dev" / "pitr"
+    local = sorted(path.relative_to(pitr.repo) for path in pitr.repo.rglob("*")
+                   if path.is_file())
+    assert sorted(path.relative_to(copy) for path in copy.rglob("*") if path.is_file()) == local
+    assert [backup["type"] for backup in pitr.info()["backup"]][-1] == "incr"
+    passphrase = pitr.config.read_text().split("repo1-cipher-pass=")[1].split()[0]
+    assert not any(passphrase.encode() in path.read_bytes()
+                   for path in copy.rglob("*") if path.is_file())
+
+
 def test_verify_catches_a_flipped_byte_in_a_wal_file_whatever_pgbackrest_exits_with(pitr):
     segments = sorted(pitr.repo.glob("archive/dev/*/*/0000*.zst"))
     victim = segments[len(segments) // 2]
