@@ -12,6 +12,10 @@
     invoke backup.nightly prod                 what the schedule runs: backup, push, prune, drill
     invoke backup.install-cron prod            run backup.nightly prod at 03:17
     invoke backup.uninstall-cron prod          remove that schedule
+    invoke backup.pitr-setup prod [--restart]  WAL archiving to pgBackRest (server on this machine)
+    invoke backup.pitr-backup prod             a pgBackRest base backup, copied off-site
+    invoke backup.pitr-restore prod --to T --data-dir DIR --port P   a new cluster at T
+    invoke backup.pitr-drill prod              restore to now into a scratch cluster, check
 
 This file is the map: every task, and the shell pipeline it runs (pg_dump, gzip/pigz,
 psql). What is not composing or running a command lives in `helpers/`: configuration
@@ -19,8 +23,9 @@ psql). What is not composing or running a command lives in `helpers/`: configura
 process control (process), the envelope (crypto), schedule files (install, launchd,
 systemd), off-site copies (offsite: rclone is run here, its output read there),
 verifying (verify), the drill's dump counts and judgement (dumpscan, drill), the nightly
-job's pings and log (notify, cronlog). Sections: composing commands, backup, restore,
-prune and status, off-site copies, schedule, verify and drill, nightly, the namespace.
+job's pings and log (notify, cronlog), PITR's config, passphrase and judgements (pitr).
+Sections: composing commands, backup, restore, prune and status, off-site copies,
+schedule, verify and drill, point-in-time recovery, nightly, the namespace.
 See README.md.
 """
 from __future__ import annotations
@@ -29,10 +34,13 @@ import dataclasses
 import functools
 import json
 import os
+import pwd
+import re
 import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -42,10 +50,11 @@ import invoke
 from invoke import Collection, Exit
 
 from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, offsite,
-                     progress, retention, schedule, swap, systemd, verify)
+                     pitr, progress, retention, schedule, swap, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
-                            env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
+                            env_dir, isal_loads, lock_wait_timeout, parse_database_url,
+                            require_key, user_path)
 from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
 from helpers.process import (Interrupted, env_lock, on_lifeline, stop_on_signal,
@@ -742,7 +751,7 @@ def report_not_backups(env: str, action: str) -> None:
 def status(c, json=False):
     """Freshness of every env in CARABASE_ENVS: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
-    reports = [offsite.with_offsite(freshness.freshness_of(env, now), now)
+    reports = [with_pitr(c, offsite.with_offsite(freshness.freshness_of(env, now), now), now)
                for env in configured_envs()]
     for env in configured_envs():
         report_not_backups(env, "status")
@@ -1160,10 +1169,13 @@ def verify_backups(c, env, all=False, offsite=False):
     if offsite:  # (the flag; the module is helpers.offsite)
         verify_offsite_copies(c, env, all, f"{action} --offsite")
         return
+    pitr_intact = verify_pitr(c, env, action)  # None: no PITR for this env
     with os_errors_reported(action):
         backups = [path for _, path in list_backups(env)]
-    if not backups:
+    if not backups and pitr_intact is None:
         raise UserError(f"{action}: no backups in {env_dir(env)}")
+    if pitr_intact is False:
+        raise UserError(f"{action}: the PITR repository is damaged (pgbackrest verify)")
     damaged = 0
     checked = backups if all else backups[-1:]
     for path in checked:
@@ -1420,6 +1432,486 @@ def drop_scratch(c, scratch: Database, action: str) -> None:
               f" ({failure(dropped, scratch)}); the next drill drops it", file=sys.stderr)
 
 
+# --- point-in-time recovery (pgBackRest) ------------------------------------------------
+#
+# Handed to pgBackRest: base backups, WAL archiving, restore, verify. This section only
+# composes its commands and runs them as the data directory's owner; the config, the
+# passphrase, reading its JSON and the judgements are in helpers/pitr.py.
+
+# The server's settings pitr-setup needs, in one query (superuser).
+PITR_SETTINGS_QUERY = """
+    select json_build_object(
+      'data_directory', current_setting('data_directory'),
+      'port', current_setting('port'),
+      'sockets', current_setting('unix_socket_directories'),
+      'wal_level', current_setting('wal_level'),
+      'archive_mode', current_setting('archive_mode'),
+      'archive_command', current_setting('archive_command'),
+      'archive_library', coalesce(current_setting('archive_library', true), ''),
+      'archive_timeout', current_setting('archive_timeout'),
+      'config_file', current_setting('config_file'),
+      'hba_file', current_setting('hba_file'),
+      'ident_file', current_setting('ident_file'),
+      'role', current_user,
+      'superuser', (select rolsuper from pg_roles where rolname = current_user),
+      'recovery', pg_is_in_recovery())"""
+
+# Archiving as the server sees it, and the .ready backlog (pg_ls_archive_statusdir: no
+# file permissions needed); times as epoch seconds.
+PITR_ARCHIVER_QUERY = """
+    select json_build_object(
+      'last_archived', extract(epoch from last_archived_time),
+      'last_archived_wal', last_archived_wal,
+      'last_failed', extract(epoch from last_failed_time),
+      'failed_count', failed_count,
+      'ready', (select count(*) from pg_ls_archive_statusdir() where name like '%.ready'),
+      'oldest_ready', (select extract(epoch from min(modification))
+                       from pg_ls_archive_statusdir() where name like '%.ready'))
+    from pg_stat_archiver"""
+
+
+def require_pgbackrest(action: str) -> None:
+    if shutil.which("pgbackrest") is None:
+        raise UserError(f"{action}: pgbackrest is not installed: {pitr.INSTALL_HINT}")
+
+
+def as_owner(owner: str, *words: object) -> str:
+    """A command run as `owner` (the data directory's): as root through runuser (sudo
+    where there is none); as that user, as it is; as anyone else, refused."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if owner == me:
+        return quoted(*words)
+    if os.geteuid() != 0:
+        raise UserError(f"the server's data directory belongs to {owner}: run this as"
+                        f" {owner} or as root")
+    switch = ("runuser", "-u", owner, "--") if shutil.which("runuser") else \
+        ("sudo", "-u", owner, "--")
+    return quoted(*switch, *words)
+
+
+def run_pgbackrest(c, setup: pitr.Setup, *args: str, action: str, check: bool = True):
+    """pgbackrest on the env's stanza, as the server's owner; its error as one line."""
+    command = as_owner(setup.server.owner, "pgbackrest", f"--config={setup.config}",
+                       f"--stanza={setup.env}", *args)
+    result = c.run(command, hide=True, warn=True, in_stream=False)
+    if check and not result.ok:
+        raise UserError(f"{action} failed: {pgbackrest_failure(result)}")
+    return result
+
+
+def pgbackrest_failure(result) -> str:
+    """pgBackRest's own error line; a wrong passphrase reads as what it is."""
+    text = f"{result.stderr}\n{result.stdout}"
+    errors = [line.strip() for line in text.splitlines() if "ERROR:" in line]
+    said = errors[0].split("ERROR:", 1)[1].strip() if errors else last_line(result)
+    if re.search(r"cipher|decrypt|no backup set found", text, re.I) and \
+            "repo1-cipher-pass" not in text:
+        return (f"{said} (a repository encrypted under another master key reads like this:"
+                " use the key PITR was set up with)")
+    return said
+
+
+def pitr_json(c, db: Database, query: str, action: str) -> dict:
+    result = c.run(psql_command(db, "-At", "-c", query), env=db.child_env(), hide=True,
+                   warn=True, in_stream=False)
+    if not result.ok:
+        raise UserError(f"{action}: cannot query the server of {db.uri}: {failure(result, db)}"
+                        f" (check {db.variable})")
+    return json.loads(result.stdout)
+
+
+def local_server(live: dict, action: str) -> pitr.Server:
+    """The env's server, which must run on this machine, as a superuser sees it."""
+    if not live["superuser"]:
+        raise UserError(f"{action}: PITR set-up needs a superuser connection; {live['role']}"
+                        " is not one")
+    if live["recovery"]:
+        raise UserError(f"{action}: the server is a standby; set PITR up on the primary")
+    data = Path(live["data_directory"])
+    try:
+        opts = (data / "postmaster.opts").read_text().split()
+        owner = pwd.getpwuid(data.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        raise UserError(f"{action}: the server's data directory {data} is not on this"
+                        " machine (or not readable here): PITR is set up where the server"
+                        " runs") from None
+    socket = next((s.strip() for s in live["sockets"].split(",") if s.strip()), "/tmp")
+    # Debian keeps the configuration in /etc: a restore has to borrow its hba files.
+    outside = data not in Path(live["config_file"]).parents
+    return pitr.Server(data, int(live["port"]), socket, live["role"], owner,
+                       Path(opts[0].strip("'\"")).parent,
+                       (live["hba_file"], live["ident_file"]) if outside else None)
+
+
+def owned_dir(path: Path, owner: str) -> None:
+    """mkdir -p `path`, 0700; whatever is created (and `path`) owned by `owner`."""
+    entry = pwd.getpwnam(owner)
+    for directory in (*reversed(path.parents), path):
+        if not directory.exists():
+            directory.mkdir(mode=0o700)
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o700)
+
+
+def write_owned(path: Path, text: str, owner: str) -> bool:
+    """Write `text` to `path` (0600, owned by `owner`) in one step, unless it holds that
+    already; whether it was written."""
+    if path.exists() and path.read_text() == text:
+        return False
+    entry = pwd.getpwnam(owner)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    return True
+
+
+def write_pitr_files(c, setup: pitr.Setup, key: bytes, action: str) -> None:
+    """The PITR directory and its config; refuses a repository made under another key."""
+    passphrase = pitr.cipher_passphrase(key)
+    if setup.config.exists() and any(setup.repo.glob("*/*")) and not pitr.same_passphrase(
+            pitr.config_passphrase(setup.config.read_text()), passphrase):
+        raise UserError(f"{action}: the repository {setup.repo} was set up with another"
+                        " master key: use that key (its passphrase is derived from it)")
+    for directory in (setup.directory, *setup.subdirectories()):
+        owned_dir(directory, setup.server.owner)
+    text = pitr.render_config(setup, passphrase, pitr.retention_days())
+    if write_owned(setup.config, text, setup.server.owner):
+        print(f"{action}: wrote {setup.config}")
+    probe = c.run(as_owner(setup.server.owner, "test", "-r", setup.config), warn=True,
+                  hide=True, in_stream=False)
+    if not probe.ok:
+        raise UserError(f"{action}: {setup.server.owner} (the server's user) cannot reach"
+                        f" {setup.config}: set CARABASE_PITR_REPO to a directory it can"
+                        " reach, e.g. /var/lib/carabase-pitr")
+    ensure_private_dir(env_dir(setup.env))
+    write_owned(pitr.pointer_path(setup.env), pitr.pointer_json(setup), pwd.getpwuid(
+        os.geteuid()).pw_name)
+
+
+def pg_ctl_restart(setup: pitr.Setup) -> str:
+    """pg_ctl restart as the owner (it reuses the server's options). -l: the server must
+    not write to our pipe, or the restart would never end for us."""
+    server = setup.server
+    return as_owner(server.owner, server.bindir / "pg_ctl", "-D", server.data_dir, "-l",
+                    setup.directory / "log" / "server.log", "restart", "-m", "fast", "-w",
+                    "-t", "300")
+
+
+def configure_archiving(c, db: Database, setup: pitr.Setup, live: dict, restart: bool,
+                        action: str) -> None:
+    """ALTER SYSTEM what archiving needs; reload; restart (--restart) where needed."""
+    changes = pitr.settings_to_change(live, pitr.archive_command(setup))
+    for name, value in changes.items():
+        result = run_sql(c, db, f'alter system set "{name}" = :\'value\'', value=value)
+        if not result.ok:
+            raise UserError(f"{action}: cannot set {name}: {failure(result, db)}")
+        print(f"{action}: set {name} = {value!r}")
+    if changes:
+        run_sql(c, db, "select pg_reload_conf()")
+    if not any(name in changes for name in pitr.RESTART_SETTINGS):
+        return
+    command = pg_ctl_restart(setup)
+    needing = [name for name in pitr.RESTART_SETTINGS if name in changes]
+    if not restart:
+        raise UserError(f"{action}: the server must restart for {', '.join(needing)}: run"
+                        f" {command}  (or pass --restart), then invoke backup.pitr-setup"
+                        f" {setup.env} again")
+    result = c.run(command, hide=True, warn=True, in_stream=False)
+    if not result.ok:
+        raise UserError(f"{action}: the restart failed: {last_line(result)}")
+    print(f"{action}: restarted the server")
+
+
+def read_info(c, setup: pitr.Setup, action: str) -> pitr.Info:
+    result = run_pgbackrest(c, setup, "info", "--output=json", action=action)
+    try:
+        return pitr.parse_info(result.stdout, setup.env)
+    except ValueError as error:
+        raise UserError(f"{action}: {error}") from None
+
+
+def check_key(setup: pitr.Setup, key: bytes, action: str) -> None:
+    """The master key must be the one the repository's passphrase came from."""
+    with os_errors_reported(action):
+        said = pitr.config_passphrase(setup.config.read_text())
+    if not pitr.same_passphrase(said, pitr.cipher_passphrase(key)):
+        raise UserError(f"{action}: the master key is not the one PITR for {setup.env} was"
+                        " set up with (the repository's passphrase is derived from it): use"
+                        " that key")
+
+
+@task(name="pitr-setup",
+      help={"env": "dev, staging or prod: an env whose server runs on this machine",
+            "restart": "restart the server if archiving needs it (else say how)"})
+def pitr_setup(c, env, restart=False):
+    """Turn on WAL archiving to pgBackRest for a server on this machine (idempotent)."""
+    action = f"pitr-setup {check_env(env)}"
+    key = require_key()
+    require_pgbackrest(action)
+    db = database(env)
+    live = pitr_json(c, db, PITR_SETTINGS_QUERY, action)
+    setup = pitr.Setup(env, pitr.chosen_dir(env), local_server(live, action))
+    with os_errors_reported(action):
+        write_pitr_files(c, setup, key, action)
+    configure_archiving(c, db, setup, live, restart, action)
+    run_pgbackrest(c, setup, "stanza-create", action=action)
+    run_pgbackrest(c, setup, "check", action=action)
+    if read_info(c, setup, action).newest is None:
+        pitr_base_backup(c, setup, "full", action)
+    else:
+        print(f"{action}: the repository has a base backup already")
+    print(f"{action}: PITR is on: WAL archived to {setup.repo}; restore with invoke"
+          f" backup.pitr-restore {env} --to TIME --data-dir DIR --port P")
+
+
+def pitr_base_backup(c, setup: pitr.Setup, kind: str, action: str) -> None:
+    started = time.monotonic()
+    run_pgbackrest(c, setup, "backup", f"--type={kind}", action=action)
+    print(f"{action}: {kind} base backup done in {time.monotonic() - started:.1f}s")
+
+
+@task(name="pitr-backup",
+      help={"env": "dev, staging or prod", "type": "full, diff or incr (default: diff,"
+            " full when the newest full is a week old)"})
+def pitr_backup(c, env, type=None):
+    """A pgBackRest base backup; off-site copy of the repository (CARABASE_OFFSITE);
+    expiry by CARABASE_PITR_DAYS."""
+    action = f"pitr-backup {check_env(env)}"
+    key = require_key()
+    require_pgbackrest(action)
+    setup = pitr.require_setup(env, action)
+    check_key(setup, key, action)
+    if type is None:
+        fulls = [b.stopped for b in read_info(c, setup, action).backups if b.type == "full"]
+        type = pitr.nightly_type(max(fulls, default=None), datetime.now(timezone.utc))
+    if type not in ("full", "diff", "incr"):
+        raise UserError(f"{action}: --type must be full, diff or incr, not {type!r}")
+    with stop_on_signal(f"{action} (pgBackRest resumes or discards it next time)"):
+        pitr_base_backup(c, setup, type, action)  # expires by retention after it
+        copy_pitr_offsite(c, setup, action)
+
+
+def copy_pitr_offsite(c, setup: pitr.Setup, action: str) -> None:
+    """rclone sync of the repository to <offsite>/<env>/pitr (copy only, when
+    CARABASE_OFFSITE_PRUNE=0). WAL archived since lives only here until the next copy."""
+    dest = offsite.destination()
+    if dest is None:
+        return
+    remote = offsite.join(dest.env_root(setup.env), "pitr")
+    verb = "sync" if offsite.prune_remote() else "copy"
+    result = run_rclone(c, rclone_program(c), verb, setup.repo, remote)
+    if not result.ok:
+        raise UserError(f"{action}: the off-site copy of {setup.repo} failed:"
+                        f" {rclone_failure(result)}")
+    print(f"{action}: repository copied to {remote} (rclone {verb})")
+
+
+def flush_archive(c, db: Database, action: str, timeout: float = 120) -> datetime | None:
+    """Make the live server archive everything up to now: a commit (recovery stops at
+    commits), a WAL switch, then wait until it is archived. The time archived up to, or
+    None when the server cannot be reached (the window's end is then unknown)."""
+    switched = run_sql(c, db, "select txid_current();"
+                       " select pg_walfile_name(pg_switch_wal())")
+    if not switched.ok:
+        print(f"{action}: the live server is not reachable ({failure(switched, db)}): the"
+              " newest archived WAL is unknown", file=sys.stderr)
+        return None
+    now, segment = datetime.now(timezone.utc), switched.stdout.split()[-1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = pitr_json(c, db, PITR_ARCHIVER_QUERY, action)
+        if (state["last_archived_wal"] or "")[8:] >= segment[8:]:
+            return now
+        time.sleep(0.2)
+    raise UserError(f"{action}: the live server has not archived {segment} after"
+                    f" {timeout:.0f}s: check invoke backup.status and the server's log")
+
+
+def empty_restore_dir(path: Path, owner: str, action: str) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{action}: {path} is not an empty directory: a PITR restore builds a"
+                        " new data directory, never over anything")
+    owned_dir(path, owner)
+
+
+def restore_cluster(c, setup: pitr.Setup, target: datetime | None, directory: Path,
+                    port: int, action: str) -> Database:
+    """pgbackrest restore into `directory`, started on `port`, promoted; its URL."""
+    server = setup.server
+    socket = Path(server.socket_dir) / f".s.PGSQL.{port}"
+    if port == server.port or socket.exists():
+        raise UserError(f"{action}: port {port} is in use: choose another --port")
+    empty_restore_dir(directory, server.owner, action)
+    aim = ("--type=default",) if target is None else \
+        ("--type=time", f"--target={pitr.target_text(target)}", "--target-action=promote")
+    # archive-mode=off: the new cluster must never archive into the env's repository.
+    run_pgbackrest(c, setup, f"--pg1-path={directory}", "--archive-mode=off", *aim,
+                   "restore", action=action)
+    options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories="
+               f"{shlex.quote(server.socket_dir)} -c archive_mode=off")
+    if server.config_elsewhere:  # the restored directory has no configuration of its own
+        hba, ident = server.config_elsewhere
+        options += f" -c hba_file={shlex.quote(hba)} -c ident_file={shlex.quote(ident)}"
+        write_owned(directory / "postgresql.conf", "# pitr-restore: the live server's"
+                    " configuration is outside its data directory; defaults here\n",
+                    server.owner)
+    started = c.run(as_owner(server.owner, server.bindir / "pg_ctl", "-D", directory, "-l",
+                             directory / "startup.log", "-o", options, "-w", "-t", "600",
+                             "start"), hide=True, warn=True, in_stream=False)
+    if not started.ok:
+        raise UserError(f"{action}: the restored cluster did not start (see"
+                        f" {directory / 'startup.log'}); {directory} is left for inspection")
+    restored = parse_database_url(pitr.cluster_url(server, port, database(setup.env).name),
+                                  "the restored cluster")
+    wait_promoted(c, restored, directory, action)
+    return restored
+
+
+def wait_promoted(c, db: Database, directory: Path, action: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = run_sql(c, db.on_database("postgres"), "select pg_is_in_recovery()")
+        if result.ok and result.stdout.strip() == "f":
+            return
+        time.sleep(0.2)
+    raise UserError(f"{action}: the restored cluster in {directory} was not promoted after"
+                    f" {timeout:.0f}s (see {directory / 'startup.log'})")
+
+
+def stop_cluster(c, server: pitr.Server, directory: Path) -> None:
+    c.run(as_owner(server.owner, server.bindir / "pg_ctl", "-D", directory, "-m", "fast",
+                   "-w", "stop"), hide=True, warn=True, in_stream=False)
+
+
+def pitr_restore_ready(c, env: str, to: str, action: str):
+    """The checks before a restore: key, set-up, the target inside the window."""
+    key = require_key()
+    require_pgbackrest(action)
+    setup = pitr.require_setup(env, action)
+    check_key(setup, key, action)
+    try:
+        target = pitr.parse_target(to)
+        archived_until = flush_archive(c, database(env), action)
+        pitr.check_target(target, read_info(c, setup, action), archived_until)
+    except UserError as refused:
+        prefix = "" if refused.message.startswith(action) else f"{action} refused: "
+        raise UserError(prefix + refused.message) from None
+    return setup, target
+
+
+@task(name="pitr-restore",
+      help={"env": "dev, staging or prod", "to": "\"YYYY-MM-DD HH:MM:SS[+TZ]\" (local time"
+            " without a zone) or latest", "data-dir": "a new, empty directory for the restored"
+            " cluster", "port": "the port it starts on"})
+def pitr_restore(c, env, to, data_dir, port):
+    """A new cluster as the env's server was at a moment, started on --port; the live
+    cluster is never touched."""
+    action = f"pitr-restore {check_env(env)}"
+    setup, target = pitr_restore_ready(c, env, to, action)
+    directory = user_path(data_dir)
+    started = time.monotonic()
+    with os_errors_reported(action):
+        restored = restore_cluster(c, setup, target, directory, pitr.check_port(port), action)
+    print(f"{action}: restored to {pitr.utc_text(target) if target else 'latest'} in"
+          f" {time.monotonic() - started:.1f}s: {directory} runs on port {port}")
+    print(f"{action}: connect: psql '{restored.uri}'")
+    stop = as_owner(setup.server.owner, setup.server.bindir / "pg_ctl", "-D", directory, "stop")
+    print(f"{action}: to take data from it: pg_dump '{restored.uri}' ...; to stop it: {stop}")
+    print(f"{action}: to switch to it, stop the live server and start this one on its port"
+          " (its archiving is off: run pitr-setup again for it)")
+
+
+@task(name="pitr-drill", help={"env": "dev, staging or prod"})
+def pitr_drill(c, env):
+    """Restore to a recent time into a scratch cluster, check every table, remove it."""
+    action = f"pitr-drill {check_env(env)}"
+    target_text = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    setup, target = pitr_restore_ready(c, env, target_text, action)
+    directory = Path(tempfile.mkdtemp(prefix=f"carabase-pitr-drill-{env}-"))
+    started = time.monotonic()
+    try:
+        with os_errors_reported(action):
+            restored = restore_cluster(c, setup, target, directory, pitr.spare_port(), action)
+        live, why = live_tables(c, database(env))
+        counted, why_restored = table_counts(c, restored, RESTORED_COUNTS)
+        if live is None or counted is None:
+            problems = [f"cannot count tables: {why or why_restored}"]
+        else:
+            problems = pitr.drill_problems(live.estimates, counted[0])
+    except UserError as error:
+        problems = [error.message]
+    finally:
+        stop_cluster(c, setup.server, directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    seconds = time.monotonic() - started
+    result = "FAIL" if problems else "PASS"
+    pitr.write_drill_record(env, result, target, datetime.now(timezone.utc), seconds, problems)
+    line = f"pitr-drill {env}: {result} restored to {pitr.utc_text(target)} in {seconds:.1f}s"
+    if problems:
+        raise UserError(f"{line}: {'; '.join(problems)}")
+    print(line)
+
+
+def verify_pitr(c, env: str, action: str) -> bool | None:
+    """pgbackrest verify on the env's repository, when PITR is set up: whether it is
+    intact (None: no PITR). Its text decides, not its exit status."""
+    setup = pitr.load_setup(env)
+    if setup is None:
+        return None
+    require_pgbackrest(action)
+    # No retries: a file that fails to read fails again, 15 s later by default.
+    result = run_pgbackrest(c, setup, "--log-level-console=info", "--job-retry=0", "verify",
+                            action=action, check=False)
+    problems = pitr.verify_problems(result.stdout + result.stderr)
+    if not result.ok and not problems:
+        problems = [pgbackrest_failure(result)]
+    print(f"DAMAGED {setup.repo}: {'; '.join(problems)}" if problems else f"OK {setup.repo}",
+          flush=True)
+    return not problems
+
+
+def pitr_facts(c, env: str, setup: pitr.Setup) -> pitr.Facts:
+    """What status reads for an env with PITR; what it cannot read becomes a problem."""
+    problems, newest = [], None
+    try:
+        newest = read_info(c, setup, "status").newest
+    except UserError as error:
+        problems.append(f"PITR: cannot read the repository: {error.message}")
+    try:
+        state = pitr_json(c, database(env), PITR_ARCHIVER_QUERY, "status")
+    except UserError as error:
+        problems.append(f"PITR: {error.message}")
+        state = {}
+    return pitr.facts_from(newest.stopped if newest else None, state, pitr.last_drill(env),
+                           problems)
+
+
+def with_pitr(c, report, now: datetime):
+    try:
+        setup = pitr.load_setup(report.env)
+    except UserError as unreadable:
+        return pitr.with_pitr(report, "WARN", {"warnings": [f"PITR: {unreadable.message}"]})
+    if setup is None:
+        return pitr.with_pitr(report, "PASS", None)
+    verdict, data, _ = pitr.judge(pitr_facts(c, report.env, setup), now)
+    return pitr.with_pitr(report, verdict, data)
+
+
+def pitr_drill_if_due(c, env: str) -> None:
+    record = pitr.last_drill(env)
+    last = drill.finished_at(record) if record and "finished" in record else None
+    if drill.is_due(drill.drill_schedule(os.environ), last, datetime.now().astimezone(),
+                    record.get("result") if record else None):
+        pitr_drill(c, env)
+
+
 # --- nightly --------------------------------------------------------------------------
 
 
@@ -1432,6 +1924,11 @@ def nightly_steps(c, env: str) -> list[tuple[str, Callable[[], object] | None]]:
         ("off-site copy", (lambda: push(c, env)) if os.environ.get("CARABASE_OFFSITE") else None),
         ("prune", lambda: prune(c, env)),
         ("drill", lambda: drill_if_due(c, env)),
+        # Where PITR is set up: a base backup (full weekly, diff otherwise), its off-site
+        # copy and expiry; its drill on the drill's schedule.
+        *([("PITR base backup", lambda: pitr_backup(c, env)),
+           ("PITR drill", lambda: pitr_drill_if_due(c, env))]
+          if pitr.load_setup(env) else []),
     ]
 
 
@@ -1506,5 +2003,5 @@ backup_tasks = Collection("backup")
 ns.add_collection(backup_tasks)
 for _task in (backup_dev, backup_staging, backup_prod, restore, prune, status, install_cron,
               uninstall_cron, undo_restore, push, fetch, verify_backups, restore_drill,
-              nightly):
+              nightly, pitr_setup, pitr_backup, pitr_restore, pitr_drill):
     backup_tasks.add_task(_task)

@@ -82,9 +82,11 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 class ThrowawayCluster:
-    """initdb + pg_ctl in a temporary directory; stop() removes everything."""
+    """initdb + pg_ctl in a temporary directory; stop() removes everything. A second one
+    (the PITR tests') takes another `port`, so that both can run at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 54329) -> None:
+        self.port = str(port)
         self.root = Path(tempfile.mkdtemp(prefix="carabase-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -101,13 +103,13 @@ class ThrowawayCluster:
                           "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]),
             check=True, capture_output=True, timeout=120,
         )
-        options = f"-k {self.socket_dir} -c listen_addresses='' -p 54329 -c fsync=off"
+        options = f"-k {self.socket_dir} -c listen_addresses='' -p {self.port} -c fsync=off"
         subprocess.run(
             _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.log), "-o", options, "-w", "start"]),
             check=True, capture_output=True, timeout=120,
         )
-        return PgServer(host=str(self.socket_dir), port="54329", user="postgres")
+        return PgServer(host=str(self.socket_dir), port=self.port, user="postgres")
 
     def stop(self) -> None:
         subprocess.run(

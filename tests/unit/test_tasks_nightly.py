@@ -3,10 +3,13 @@ failure with its line and status, pings. The real steps run end to end in
 tests/e2e/test_nightly_cli.py."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from invoke import Context, Exit
 
 import tasks
+from helpers import pitr
 from helpers.errors import UserError
 from tests.ping_server import ping_server
 
@@ -24,6 +27,16 @@ def test_the_steps_are_backup_offsite_prune_drill_with_the_unbuilt_ones_as_hooks
     steps = tasks.nightly_steps(Context(), "dev")
     assert [name for name, _ in steps] == ["backup", "off-site copy", "prune", "drill"]
     assert [name for name, step in steps if step is None] == ["off-site copy"]
+
+
+def test_where_pitr_is_set_up_the_night_adds_its_base_backup_then_its_drill(tmp_path):
+    server = pitr.Server(Path("/srv/data"), 5432, "/run/postgresql", "postgres", "postgres",
+                         Path("/usr/lib/postgresql/15/bin"))
+    (tmp_path / "backups" / "dev").mkdir(parents=True)
+    pitr.pointer_path("dev").write_text(pitr.pointer_json(pitr.Setup("dev", tmp_path, server)))
+    steps = tasks.nightly_steps(Context(), "dev")
+    assert [name for name, _ in steps] == ["backup", "off-site copy", "prune", "drill",
+                                           "PITR base backup", "PITR drill"]
 
 
 def test_with_off_site_copies_configured_the_night_pushes(monkeypatch):

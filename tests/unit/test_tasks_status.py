@@ -103,12 +103,12 @@ def test_status_json_is_one_object_with_the_documented_shape(root, capsys):
     assert report["envs"][0] == {"env": "dev", "status": "PASS",
                                  "latest": "2026-04-09T03:17:12Z", "age_hours": 3.0,
                                  "path": str(dev), "warning": None, "drill": None,
-                                 "offsite": None}
+                                 "offsite": None, "pitr": None}
     assert report["envs"][1]["status"] == "WARN"
     assert report["envs"][1]["age_hours"] == pytest.approx(58.0)
     assert report["envs"][2] == {"env": "prod", "status": "FAIL", "latest": None,
                                  "age_hours": None, "path": None, "warning": None,
-                                 "drill": None, "offsite": None}
+                                 "drill": None, "offsite": None, "pitr": None}
 
 
 def test_status_json_schema_1_has_exactly_the_documented_fields_and_types(root, capsys):
@@ -125,7 +125,7 @@ def test_status_json_schema_1_has_exactly_the_documented_fields_and_types(root, 
     fields = {"env": str, "status": str, "latest": (str, type(None)),
               "age_hours": (float, type(None)), "path": (str, type(None)),
               "warning": (str, type(None)), "drill": (dict, type(None)),
-              "offsite": (dict, type(None))}
+              "offsite": (dict, type(None)), "pitr": (dict, type(None))}
     for env in report["envs"]:
         assert list(env) == list(fields)
         for name, kinds in fields.items():

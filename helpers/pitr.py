@@ -1,0 +1,525 @@
+"""Point-in-time recovery handed to pgBackRest: the pure parts.
+
+The repository passphrase (derived from the master key), the env's pgBackRest config,
+where the env's PITR files live, reading `pgbackrest info --output=json` and `verify`,
+the window a `--to` time must fall in, and status's judgement. tasks.py runs
+pgbackrest, psql and pg_ctl; nothing here runs a program.
+
+An env's PITR directory (`CARABASE_PITR_REPO/<env>`, else `<backup dir>/<env>/pitr`),
+owned by the server's OS user, 0700:
+
+    pgbackrest.conf   0600: repository, cipher passphrase, the server's data directory
+    repo/             the pgBackRest repository (encrypted; what goes off-site)
+    spool/ log/ lock/ pgBackRest's async queue, logs and locks
+
+and `<backup dir>/<env>/pitr.json` (0600) says where that directory is and whose it is:
+its presence is what "PITR is set up for this env" means to status and the nightly job.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import shlex
+import socket
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from helpers.config import build_uri, env_dir
+from helpers.errors import UserError
+from helpers.freshness import SEVERITY
+from helpers.offsite import WithOffsite
+
+# HKDF-SHA256 of the master key, no salt, this info label, 32 bytes, as lowercase hex:
+# the master key alone gives the repository's passphrase (README: the derivation).
+PASSPHRASE_LABEL = b"carabase pgbackrest repo1-cipher-pass v1"
+CIPHER = "aes-256-cbc"
+DAYS_DEFAULT = 14
+# How long archive-push waits for the async process, and `check` for a segment: short,
+# so that a dead repository fails archiving (and shows in status) instead of stalling it.
+ARCHIVE_TIMEOUT = 30
+# A WAL switch at least this often when there were writes (only where the server has
+# none set): the window of writes that exist only in pg_wal stays minutes, not a segment.
+ARCHIVE_TIMEOUT_SERVER = "5min"
+BEHIND_AFTER = timedelta(hours=1)  # WARN: the oldest unarchived segment is older
+BASE_STALE_AFTER = timedelta(days=8)  # WARN: the newest base backup is older
+POINTER_NAME = "pitr.json"
+DRILL_RECORD = ".pitr-drill.json"
+INSTALL_HINT = ("install pgBackRest: apt-get install pgbackrest (Debian, Ubuntu),"
+                " brew install pgbackrest (macOS)")
+
+
+def cipher_passphrase(key: bytes) -> str:
+    """The repository's cipher passphrase: HKDF-SHA256(master key, info=PASSPHRASE_LABEL)."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=PASSPHRASE_LABEL).derive(key)
+    return derived.hex()
+
+
+def retention_days() -> int:
+    configured = os.environ.get("CARABASE_PITR_DAYS", "").strip()
+    if not configured:
+        return DAYS_DEFAULT
+    if not (configured.isascii() and configured.isdigit()) or not 1 <= int(configured) <= 9999:
+        raise UserError(f"CARABASE_PITR_DAYS must be a whole number of days, 1 or more, not"
+                        f" {configured!r}")
+    return int(configured)
+
+
+def chosen_dir(env: str) -> Path:
+    """Where pitr-setup puts the env's PITR directory."""
+    configured = os.environ.get("CARABASE_PITR_REPO", "").strip()
+    if not configured:
+        return env_dir(env) / "pitr"
+    root = Path(configured).expanduser()
+    if not root.is_absolute():
+        raise UserError(f"CARABASE_PITR_REPO must be an absolute path, not {configured!r}")
+    return root / env
+
+
+@dataclass(frozen=True)
+class Server:
+    """What pgBackRest and pg_ctl need of the env's server, as the server reports it."""
+
+    data_dir: Path
+    port: int
+    socket_dir: str
+    role: str  # the superuser role pgBackRest connects as
+    owner: str  # the OS user owning the data directory
+    bindir: Path  # where pg_ctl is
+    # (hba_file, ident_file) where the configuration lives outside the data directory
+    # (Debian's /etc/postgresql): a restored data directory has none of its own.
+    config_elsewhere: tuple[str, str] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> Server:
+        elsewhere = data.get("config_elsewhere")
+        return cls(Path(data["data_dir"]), int(data["port"]), data["socket_dir"], data["role"],
+                   data["owner"], Path(data["bindir"]), tuple(elsewhere) if elsewhere else None)
+
+    def as_json(self) -> dict:
+        return {"data_dir": str(self.data_dir), "port": self.port,
+                "socket_dir": self.socket_dir, "role": self.role, "owner": self.owner,
+                "bindir": str(self.bindir), "config_elsewhere": self.config_elsewhere}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The env's PITR set-up, as `pitr.json` records it."""
+
+    env: str
+    directory: Path
+    server: Server
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "pgbackrest.conf"
+
+    @property
+    def repo(self) -> Path:
+        return self.directory / "repo"
+
+    def subdirectories(self) -> list[Path]:
+        return [self.directory / name for name in ("repo", "spool", "log", "lock")]
+
+
+def pointer_path(env: str) -> Path:
+    return env_dir(env) / POINTER_NAME
+
+
+def pointer_json(setup: Setup) -> str:
+    return json.dumps({"schema": 1, "directory": str(setup.directory),
+                       "server": setup.server.as_json()}, indent=2) + "\n"
+
+
+def load_setup(env: str) -> Setup | None:
+    """The env's PITR set-up, None when pitr-setup never ran for it."""
+    path = pointer_path(env)
+    try:
+        data = json.loads(path.read_text())
+        return Setup(env, Path(data["directory"]), Server.from_json(data["server"]))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot read {path}: {getattr(error, 'strerror', None) or error};"
+                        f" run invoke backup.pitr-setup {env} again") from None
+
+
+def require_setup(env: str, action: str) -> Setup:
+    setup = load_setup(env)
+    if setup is None:
+        raise UserError(f"{action}: PITR is not set up for {env}: run invoke"
+                        f" backup.pitr-setup {env}")
+    return setup
+
+
+def render_config(setup: Setup, passphrase: str, days: int) -> str:
+    """The env's pgBackRest config: one stanza named after the env."""
+    server, here = setup.server, setup.directory
+    return "\n".join([
+        "# Written by invoke backup.pitr-setup: rerun it rather than editing this file.",
+        "# repo1-cipher-pass is derived from the master key (README: PITR).",
+        "[global]",
+        f"repo1-path={setup.repo}",
+        f"repo1-cipher-type={CIPHER}",
+        f"repo1-cipher-pass={passphrase}",
+        "repo1-retention-full-type=time",
+        f"repo1-retention-full={days}",
+        "compress-type=zst",
+        "archive-async=y",
+        f"archive-timeout={ARCHIVE_TIMEOUT}",
+        f"spool-path={here / 'spool'}",
+        f"log-path={here / 'log'}",
+        f"lock-path={here / 'lock'}",
+        "log-level-console=warn",
+        "log-level-stderr=error",
+        "log-level-file=info",
+        "start-fast=y",
+        "",
+        f"[{setup.env}]",
+        f"pg1-path={server.data_dir}",
+        f"pg1-port={server.port}",
+        f"pg1-socket-path={server.socket_dir}",
+        f"pg1-user={server.role}",
+        "",
+    ])
+
+
+def config_passphrase(text: str) -> str | None:
+    for line in text.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and name.strip() == "repo1-cipher-pass":
+            return value.strip()
+    return None
+
+
+def same_passphrase(a: str | None, b: str) -> bool:
+    return a is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def archive_command(setup: Setup) -> str:
+    """The server's archive_command (run by the server through sh: quoted for it)."""
+    return (f"pgbackrest --config={shlex.quote(str(setup.config))}"
+            f" --stanza={shlex.quote(setup.env)} archive-push %p")
+
+
+def settings_to_change(current: dict[str, str], command: str) -> dict[str, str]:
+    """The ALTER SYSTEM settings that differ from what archiving needs (none when right)."""
+    wanted = {}
+    if current["wal_level"] == "minimal":
+        wanted["wal_level"] = "replica"
+    if current["archive_mode"] == "off":
+        wanted["archive_mode"] = "on"
+    if current["archive_command"] != command:
+        wanted["archive_command"] = command
+    if current.get("archive_library"):  # it would win over archive_command (PG 15+)
+        wanted["archive_library"] = ""
+    if current.get("archive_timeout") in ("0", "0s"):
+        wanted["archive_timeout"] = ARCHIVE_TIMEOUT_SERVER
+    return wanted
+
+
+RESTART_SETTINGS = ("wal_level", "archive_mode")
+
+
+# --- pgbackrest info ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    label: str
+    type: str  # full, diff, incr
+    started: datetime
+    stopped: datetime
+
+
+@dataclass(frozen=True)
+class Info:
+    """What `pgbackrest info --output=json` says of one stanza."""
+
+    status: int  # 0 ok, 2 no valid backups, ... (pgBackRest's codes)
+    message: str
+    backups: tuple[BaseBackup, ...]
+    archive_max: str | None  # newest WAL segment in the repository
+
+    @property
+    def oldest(self) -> BaseBackup | None:
+        return self.backups[0] if self.backups else None
+
+    @property
+    def newest(self) -> BaseBackup | None:
+        return self.backups[-1] if self.backups else None
+
+
+def parse_info(text: str, stanza: str) -> Info:
+    try:
+        stanzas = json.loads(text)
+        entry = next(item for item in stanzas if item.get("name") == stanza)
+    except (ValueError, StopIteration, AttributeError, TypeError):
+        raise ValueError(f"pgbackrest info says nothing of stanza {stanza}") from None
+    backups = tuple(sorted(
+        (BaseBackup(b["label"], b["type"], _epoch(b["timestamp"]["start"]),
+                    _epoch(b["timestamp"]["stop"])) for b in entry.get("backup", [])),
+        key=lambda backup: backup.stopped))
+    maxima = [a.get("max") for a in entry.get("archive", []) if a.get("max")]
+    status = entry.get("status", {})
+    return Info(status.get("code", -1), status.get("message", ""), backups,
+                max(maxima, key=lambda name: name[8:]) if maxima else None)
+
+
+def _epoch(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+# --- restore targets ---------------------------------------------------------------
+
+TARGET = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)"
+                    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?$")
+
+
+def parse_target(text: str, local_zone=None) -> datetime | None:
+    """`--to`: None for `latest`, else an aware datetime; a time without a zone is
+    local time (`local_zone`, default this machine's)."""
+    text = text.strip()
+    if text == "latest":
+        return None
+    match = TARGET.match(text)
+    if not match:
+        raise UserError(f"--to must be latest or a time like \"2026-04-09 14:30:00\" (local)"
+                        f" or \"2026-04-09 14:30:00+00\", not {text!r}")
+    day, clock, zone = match.groups()
+    if zone and zone != "Z" and len(zone) == 3:
+        zone += ":00"
+    elif zone and len(zone) == 5:
+        zone = zone[:3] + ":" + zone[3:]
+    try:
+        stamp = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if zone == 'Z' else zone or ''}")
+    except ValueError as error:
+        raise UserError(f"--to: {text!r} is not a valid time ({error})") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=local_zone) if local_zone else stamp.astimezone()
+    return stamp
+
+
+def target_text(stamp: datetime) -> str:
+    """A time as PostgreSQL's recovery_target_time reads it, unambiguously (UTC)."""
+    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def utc_text(stamp: datetime | None) -> str | None:
+    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if stamp else None
+
+
+def check_target(target: datetime | None, info: Info, archived_until: datetime | None) -> None:
+    """Refuse up front a time the repository cannot reach: before the end of the oldest
+    base backup, or after the newest archived WAL (`archived_until`, None when unknown)."""
+    oldest = info.oldest
+    if oldest is None:
+        raise UserError("no base backup in the repository yet: run invoke backup.pitr-backup"
+                        " first")
+    if target is None:
+        return
+    window = (f"the window is {utc_text(oldest.stopped)} to "
+              + (utc_text(archived_until) if archived_until else "the newest archived WAL"))
+    if target < oldest.stopped:
+        raise UserError(f"--to {utc_text(target)} is before the oldest base backup ended:"
+                        f" {window}")
+    if archived_until is not None and target > archived_until:
+        raise UserError(f"--to {utc_text(target)} is after the newest archived WAL: {window}")
+
+
+# --- verify --------------------------------------------------------------------------
+
+
+def verify_problems(output: str) -> list[str]:
+    """What `pgbackrest verify` (console at info) found wrong. It may exit 0 having
+    printed `status: error` (seen with a damaged WAL file), so its text decides."""
+    if not re.search(r"^\s*status: error\s*$", output, re.M):
+        return []
+    # "2026-... P01   INFO: invalid result 15-1/.../0000...zst: [29] ... zst error: ..."
+    found = [match.group(1) for match in
+             re.finditer(r"^\S+ \S+ P\d+\s+\w+: ((?:invalid|missing)\b.*)$", output, re.M)]
+    return found or ["status: error"]
+
+
+# --- status --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What status reads for one env (tasks.pitr_facts): None where it could not."""
+
+    newest_base: datetime | None
+    last_archived: datetime | None
+    last_archived_wal: str | None
+    last_failed: datetime | None
+    failed_count: int | None
+    ready: int | None  # .ready segments waiting in pg_wal/archive_status
+    oldest_ready: datetime | None  # when the oldest of them was written
+    drill: dict | None = None
+    problems: tuple[str, ...] = ()  # what could not be read
+
+
+def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
+    """PASS or WARN, the `pitr` JSON object, and the warnings."""
+    warnings = list(facts.problems)
+    if facts.newest_base is None:
+        warnings.append("PITR: no base backup")
+    elif now - facts.newest_base > BASE_STALE_AFTER:
+        warnings.append(f"PITR: newest base backup is {(now - facts.newest_base).days} days"
+                        " old")
+    if facts.oldest_ready is not None and now - facts.oldest_ready > BEHIND_AFTER:
+        hours = (now - facts.oldest_ready) / timedelta(hours=1)
+        warnings.append(f"PITR: archiving is {hours:.1f}h behind ({facts.ready} segments"
+                        " waiting)")
+    if facts.last_failed is not None and (facts.last_archived is None
+                                          or facts.last_failed > facts.last_archived):
+        warnings.append(f"PITR: archiving is failing (last failure {utc_text(facts.last_failed)};"
+                        f" see the server's log)")
+    drill = facts.drill
+    if drill is not None and drill.get("result") != "PASS":
+        warnings.append(f"PITR: last drill {drill.get('result')}")
+    data = {
+        "newest_base_backup": utc_text(facts.newest_base),
+        "last_archived": utc_text(facts.last_archived),
+        "last_archived_wal": facts.last_archived_wal,
+        "ready_segments": facts.ready,
+        "failed_count": facts.failed_count,
+        "last_failed": utc_text(facts.last_failed),
+        "drill": drill,
+        "warnings": warnings,
+    }
+    return ("WARN" if warnings else "PASS"), data, warnings
+
+
+def status_part(data: dict) -> str:
+    """` pitr=<last archived>/<newest base>` on the env's status line."""
+    return (f" pitr=wal:{data.get('last_archived') or 'none'}"
+            f",base:{data.get('newest_base_backup') or 'none'}")
+
+
+# --- the drill -----------------------------------------------------------------------
+
+
+def drill_problems(live: dict[tuple[str, str], float], restored: dict[tuple[str, str], int]
+                   ) -> list[str]:
+    """Every live table must exist in the restored cluster, with rows where the live one
+    has rows (estimates: only 0 against more than 0 counts)."""
+    problems = []
+    for table, estimate in sorted(live.items()):
+        name = ".".join(table)
+        if table not in restored:
+            problems.append(f"{name} is missing")
+        elif estimate > 0 and restored[table] == 0:
+            problems.append(f"{name} is empty (live: about {int(estimate)} rows)")
+    return problems
+
+
+def drill_record_path(env: str) -> Path:
+    return env_dir(env) / DRILL_RECORD
+
+
+def write_drill_record(env: str, result: str, target: datetime, finished: datetime,
+                       seconds: float, problems: list[str]) -> None:
+    path = drill_record_path(env)
+    data = {"schema": 1, "result": result, "target": utc_text(target),
+            "finished": utc_text(finished), "seconds": round(seconds, 1), "problems": problems}
+    partial = path.with_name(f"{DRILL_RECORD}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (json.dumps(data, indent=2) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"pitr-drill {env}: cannot record the result in {path}:"
+                        f" {error.strerror or error}") from None
+
+
+def last_drill(env: str) -> dict | None:
+    try:
+        data = json.loads(drill_record_path(env).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"result": "FAIL", "problems": [f"cannot read {drill_record_path(env)}"]}
+    return data if isinstance(data, dict) else None
+
+
+def nightly_type(newest_full: datetime | None, now: datetime) -> str:
+    """The nightly job's base backup: full when the newest full is a week old (or there
+    is none), diff otherwise."""
+    if newest_full is None or now - newest_full >= timedelta(days=7) - timedelta(hours=2):
+        return "full"
+    return "diff"
+
+
+# --- the restored cluster ----------------------------------------------------------
+
+
+def check_port(port) -> int:
+    text = str(port).strip()
+    if not (text.isascii() and text.isdigit()) or not 1024 <= int(text) <= 65535:
+        raise UserError(f"--port must be a port number from 1024 to 65535, not {text!r}")
+    return int(text)
+
+
+def spare_port() -> int:
+    """A port nothing listens on right now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cluster_url(server: Server, port: int, name: str) -> str:
+    """The restored cluster's URL: the live server's socket directory, another port."""
+    return build_uri("postgresql", quote(server.role, safe="") + "@", name,
+                     urlencode({"host": server.socket_dir, "port": port}, quote_via=quote))
+
+
+# --- status, continued ----------------------------------------------------------------
+
+
+def facts_from(newest_base: datetime | None, state: dict, drill: dict | None,
+               problems: list[str]) -> Facts:
+    """Facts from PITR_ARCHIVER_QUERY's answer (epoch seconds, or null)."""
+    def when(name: str) -> datetime | None:
+        value = state.get(name)
+        return None if value is None else _epoch(float(value))
+
+    return Facts(newest_base, when("last_archived"), state.get("last_archived_wal"),
+                 when("last_failed"), state.get("failed_count"), state.get("ready"),
+                 when("oldest_ready"), drill, tuple(problems))
+
+
+@dataclass(frozen=True)
+class WithPitr(WithOffsite):
+    """An env's status with its PITR part: ` pitr=...` on the line, `pitr` in the JSON."""
+
+    pitr: dict | None = None
+
+    def line(self) -> str:
+        text = super().line()
+        return text + status_part(self.pitr) if self.pitr else text
+
+    def as_json(self) -> dict:
+        return {**super().as_json(), "pitr": self.pitr}
+
+
+def with_pitr(report: WithOffsite, verdict: str, data: dict | None) -> WithPitr:
+    """`report` with its PITR part (None: PITR is not set up for the env)."""
+    values = {item.name: getattr(report, item.name) for item in fields(report)}
+    if SEVERITY[verdict] > SEVERITY[report.status]:
+        values["status"] = verdict
+    if data and data["warnings"]:
+        values["warning"] = "; ".join(filter(None, [report.warning, *data["warnings"]]))
+    return WithPitr(**values, pitr=data)

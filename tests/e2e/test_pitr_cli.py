@@ -1,0 +1,248 @@
+"""PITR end to end: a second throwaway cluster of its own (the suite's shared one never
+archives), set up once for the module with pitr-setup --restart, then restored, drilled,
+verified and watched by status as a user would. Skipped only where pgBackRest is not
+installed (.ci/run installs it)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.pg import ThrowawayCluster, _as_postgres
+from tests.support import clean_environ, run_invoke, take_backup, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None,
+                                reason="pgBackRest is not installed (apt-get install"
+                                       " pgbackrest; .ci/run does it)")
+
+PORT = 54339  # the suite's shared cluster is on 54329
+SPARE_PORT = 54338
+
+
+class Pitr:
+    """The module's archiving cluster and the environment the commands run with."""
+
+    def __init__(self, cluster: ThrowawayCluster, server, environ: dict, setup_result):
+        self.cluster, self.server, self.environ = cluster, server, environ
+        self.setup_result = setup_result
+        self.directory = cluster.root / "pitr" / "dev"
+        self.config = self.directory / "pgbackrest.conf"
+        self.repo = self.directory / "repo"
+
+    def sql(self, sql: str) -> str:
+        return self.server.psql("carabase_dev", sql)
+
+    def info(self) -> dict:
+        result = subprocess.run(_as_postgres(["pgbackrest", f"--config={self.config}",
+                                              "--stanza=dev", "info", "--output=json"]),
+                                capture_output=True, text=True, check=True, timeout=60)
+        return json.loads(result.stdout)[0]
+
+    def status(self) -> dict:
+        result = run_invoke("backup.status", "--json", env=self.environ)
+        return json.loads(result.stdout)["envs"][0]
+
+
+@pytest.fixture(scope="module")
+def pitr(tmp_path_factory):
+    cluster = ThrowawayCluster(port=PORT)
+    try:
+        server = cluster.start()
+        server.psql("postgres", "create database carabase_dev")
+        home = tmp_path_factory.mktemp("pitr-home")
+        environ = clean_environ(home, home / "backups", HOST_MASTER_KEY=os.urandom(32).hex(),
+                                CARABASE_ENVS="dev",
+                                CARABASE_PITR_REPO=str(cluster.root / "pitr"),
+                                CARABASE_DEV_DATABASE_URL=server.url("carabase_dev"))
+        server.psql("carabase_dev", "create table markers (n int primary key);"
+                    " insert into markers values (1); create table filler as select"
+                    " md5(n::text) as text from generate_series(1, 2000) as n")
+        result = run_invoke("backup.pitr-setup", "dev", "--restart", env=environ, timeout=300)
+        yield Pitr(cluster, server, environ, result)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def restored_dir(pitr):
+    """Where a test restores to; the cluster started there is stopped afterwards."""
+    directory = pitr.cluster.root / "restored"
+    yield directory
+    subprocess.run(_as_postgres([str(pitr.cluster.bindir / "pg_ctl"), "-D", str(directory),
+                                 "-m", "immediate", "stop"]), capture_output=True, timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_setup_turns_on_archiving_and_takes_a_full_backup_with_a_private_config(pitr):
+    assert pitr.setup_result.returncode == 0, pitr.setup_result.stderr
+    assert pitr.sql("select current_setting('archive_mode')").strip() == "on"
+    assert pitr.environ["HOST_MASTER_KEY"] not in pitr.setup_result.stdout
+    mode = pitr.config.stat()
+    assert stat.S_IMODE(mode.st_mode) == 0o600
+    assert mode.st_uid == (pitr.cluster.data.stat().st_uid)  # the server's user
+    assert [backup["type"] for backup in pitr.info()["backup"]] == ["full"]
+    passphrase = [line for line in pitr.config.read_text().splitlines()
+                  if line.startswith("repo1-cipher-pass=")]
+    # The passphrase is in the 0600 file only, never in the server's settings.
+    assert passphrase and passphrase[0].split("=", 1)[1] not in \
+        pitr.sql("select current_setting('archive_command')")
+
+
+def test_setup_run_again_changes_nothing_that_is_right(pitr):
+    written = pitr.config.stat().st_mtime_ns
+    started = pitr.sql("select pg_postmaster_start_time()")
+
+    result = run_invoke("backup.pitr-setup", "dev", "--restart", env=pitr.environ, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert " set " not in result.stdout and "restarted" not in result.stdout
+    assert pitr.config.stat().st_mtime_ns == written
+    assert pitr.sql("select pg_postmaster_start_time()") == started
+    assert len(pitr.info()["backup"]) == 1
+
+
+def test_restore_to_a_time_brings_back_exactly_the_rows_before_it_and_the_dropped_table(
+        pitr, restored_dir):
+    pitr.sql("insert into markers values (2), (3); create table doomed (x int);"
+             " insert into doomed values (42)")
+    target = pitr.sql("select clock_timestamp()").strip()
+    pitr.sql("select pg_sleep(0.2); drop table doomed; insert into markers values (4)")
+
+    result = run_invoke("backup.pitr-restore", "dev", "--to", target, "--data-dir",
+                        str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                        timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    url = next(word.strip("'") for word in result.stdout.split() if "port=" in word)
+    restored = subprocess.run(["psql", "-X", "-At", "-d", url, "-c",
+                               "select string_agg(n::text, ',' order by n) from markers;"
+                               " select x from doomed; select pg_is_in_recovery()"],
+                              capture_output=True, text=True, timeout=60)
+    assert restored.stdout.split() == ["1,2,3", "42", "f"], restored.stderr
+    # The live cluster is untouched, and the restored one does not archive into its repo.
+    assert pitr.sql("select count(*) from markers").strip() == "4"
+    assert subprocess.run(["psql", "-X", "-At", "-d", url, "-c", "show archive_mode"],
+                          capture_output=True, text=True).stdout.strip() == "off"
+
+
+def test_restore_refuses_a_non_empty_directory_and_a_time_outside_the_window(pitr, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    now = datetime.now(timezone.utc)
+
+    into_occupied = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                               str(occupied), "--port", str(SPARE_PORT), env=pitr.environ)
+    too_early = run_invoke("backup.pitr-restore", "dev", "--to",
+                           f"{now - timedelta(days=1):%Y-%m-%d %H:%M:%S}+00", "--data-dir",
+                           str(tmp_path / "new"), "--port", str(SPARE_PORT), env=pitr.environ)
+    too_late = run_invoke("backup.pitr-restore", "dev", "--to",
+                          f"{now + timedelta(hours=1):%Y-%m-%d %H:%M:%S}+00", "--data-dir",
+                          str(tmp_path / "new"), "--port", str(SPARE_PORT), env=pitr.environ)
+
+    assert into_occupied.returncode == 1
+    assert "is not an empty directory" in into_occupied.stderr
+    assert (occupied / "keep.txt").read_text() == "mine"
+    for refused, where in ((too_early, "before the oldest base backup"),
+                           (too_late, "after the newest archived WAL")):
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert where in refused.stderr and "the window is" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_status_shows_pitr_then_warns_while_the_repo_is_unwritable_and_recovers_after(pitr):
+    take_backup(pitr.environ)  # a logical backup, so that PITR alone decides the status
+    healthy = pitr.status()
+    assert healthy["status"] == "PASS", healthy["warning"]
+    assert healthy["pitr"]["newest_base_backup"] and healthy["pitr"]["last_archived"]
+    line = run_invoke("backup.status", env=pitr.environ).stdout
+    assert " pitr=wal:20" in line and ",base:20" in line
+
+    archive = pitr.repo / "archive" / "dev"
+    mode = stat.S_IMODE(archive.stat().st_mode)
+    archive.chmod(0o000)
+    try:
+        pitr.sql("insert into markers values (100); select pg_switch_wal()")
+        failing = wait_for(lambda: (lambda s: s if s["status"] == "WARN" else None)(
+            pitr.status()), "status to see archiving fail", timeout=60)
+        assert any("archiving is failing" in w for w in failing["pitr"]["warnings"])
+        assert "archiving is failing" in run_invoke("backup.status", env=pitr.environ).stdout
+    finally:
+        archive.chmod(mode)
+
+    # A write, then a switch: the archiver retries at once instead of in a minute.
+    pitr.sql("insert into markers values (101); select pg_switch_wal()")
+    recovered = wait_for(lambda: (lambda s: s if s["status"] == "PASS" else None)(
+        pitr.status()), "status to recover", timeout=120)
+    assert recovered["pitr"]["warnings"] == []
+
+
+def test_a_wrong_master_key_gives_one_clear_line(pitr):
+    wrong = {**pitr.environ, "HOST_MASTER_KEY": os.urandom(32).hex()}
+
+    result = run_invoke("backup.pitr-backup", "dev", env=wrong)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "pitr-backup dev: the master key is not the one PITR for dev was set up with (the"
+        " repository's passphrase is derived from it): use that key"]
+    assert len(pitr.info()["backup"]) == 1  # nothing was backed up with it
+
+
+def test_backup_copies_the_encrypted_repository_off_site_and_never_the_config(pitr, tmp_path):
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+
+    result = run_invoke("backup.pitr-backup", "dev", "--type", "incr",
+                        env={**pitr.environ, "CARABASE_OFFSITE": str(offsite)}, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    copy = offsite / "dev" / "pitr"
+    local = sorted(path.relative_to(pitr.repo) for path in pitr.repo.rglob("*")
+                   if path.is_file())
+    assert sorted(path.relative_to(copy) for path in copy.rglob("*") if path.is_file()) == local
+    assert [backup["type"] for backup in pitr.info()["backup"]][-1] == "incr"
+    passphrase = pitr.config.read_text().split("repo1-cipher-pass=")[1].split()[0]
+    assert not any(passphrase.encode() in path.read_bytes()
+                   for path in copy.rglob("*") if path.is_file())
+
+
+def test_verify_catches_a_flipped_byte_in_a_wal_file_whatever_pgbackrest_exits_with(pitr):
+    segments = sorted(pitr.repo.glob("archive/dev/*/*/0000*.zst"))
+    victim = segments[len(segments) // 2]
+    original = victim.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    victim.write_bytes(bytes(flipped))
+    try:
+        damaged = run_invoke("backup.verify", "dev", env=pitr.environ, timeout=300)
+    finally:
+        victim.write_bytes(original)
+    intact = run_invoke("backup.verify", "dev", env=pitr.environ, timeout=300)
+
+    assert damaged.returncode == 1
+    assert f"DAMAGED {pitr.repo}" in damaged.stdout and victim.name.split("-")[0] in \
+        damaged.stdout
+    assert "PITR repository is damaged" in damaged.stderr
+    assert intact.returncode == 0, intact.stderr
+    assert f"OK {pitr.repo}" in intact.stdout
+
+
+def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr):
+    pitr.sql("create table drilled (n int); insert into drilled values (1)")
+
+    result = run_invoke("backup.pitr-drill", "dev", env=pitr.environ, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pitr-drill dev: PASS restored to ")
+    assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
+    leftovers = list(Path("/tmp").glob("carabase-pitr-drill-dev-*"))
+    assert leftovers == []

@@ -1,0 +1,262 @@
+"""helpers.pitr: the passphrase derivation, the config, reading pgBackRest's answers,
+the --to window, and status's judgement."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from helpers import pitr
+from helpers.errors import UserError
+
+UTC = timezone.utc
+NOW = datetime(2026, 4, 9, 12, 0, tzinfo=UTC)
+SERVER = pitr.Server(Path("/var/lib/postgresql/15/main"), 5432, "/var/run/postgresql",
+                     "postgres", "postgres", Path("/usr/lib/postgresql/15/bin"))
+SETUP = pitr.Setup("prod", Path("/srv/pitr/prod"), SERVER)
+
+
+def test_passphrase_is_64_hex_characters_that_differ_with_the_key():
+    passphrase = pitr.cipher_passphrase(bytes(range(32)))
+    assert len(passphrase) == 64 and int(passphrase, 16) >= 0
+    assert passphrase != pitr.cipher_passphrase(bytes(32))
+
+
+def test_passphrase_matches_an_rfc5869_style_derivation_done_by_hand():
+    import hashlib
+    import hmac
+    key = bytes(range(32))
+    prk = hmac.new(b"\0" * 32, key, hashlib.sha256).digest()
+    okm = hmac.new(prk, pitr.PASSPHRASE_LABEL + b"\x01", hashlib.sha256).hexdigest()
+    assert pitr.cipher_passphrase(key) == okm
+
+
+def test_config_names_repo_cipher_async_archiving_retention_and_the_server():
+    text = pitr.render_config(SETUP, "p" * 64, 14)
+    lines = text.splitlines()
+    for expected in ("repo1-path=/srv/pitr/prod/repo", "repo1-cipher-type=aes-256-cbc",
+                     "repo1-cipher-pass=" + "p" * 64, "repo1-retention-full-type=time",
+                     "repo1-retention-full=14", "archive-async=y",
+                     "spool-path=/srv/pitr/prod/spool", "[prod]",
+                     "pg1-path=/var/lib/postgresql/15/main", "pg1-port=5432",
+                     "pg1-socket-path=/var/run/postgresql", "pg1-user=postgres"):
+        assert expected in lines
+    assert pitr.config_passphrase(text) == "p" * 64
+
+
+def test_archive_command_quotes_the_config_path_and_never_holds_the_passphrase():
+    spaced = pitr.Setup("dev", Path("/srv/my pitr/dev"), SERVER)
+    command = pitr.archive_command(spaced)
+    assert command == ("pgbackrest --config='/srv/my pitr/dev/pgbackrest.conf' --stanza=dev"
+                       " archive-push %p")
+
+
+def test_settings_to_change_is_empty_when_archiving_is_already_right():
+    command = pitr.archive_command(SETUP)
+    right = {"wal_level": "replica", "archive_mode": "on", "archive_command": command,
+             "archive_library": "", "archive_timeout": "5min"}
+    assert pitr.settings_to_change(right, command) == {}
+
+
+def test_settings_to_change_names_each_wrong_setting():
+    wrong = {"wal_level": "minimal", "archive_mode": "off", "archive_command": "",
+             "archive_library": "", "archive_timeout": "0"}
+    changes = pitr.settings_to_change(wrong, "cmd")
+    assert changes == {"wal_level": "replica", "archive_mode": "on", "archive_command": "cmd",
+                       "archive_timeout": "5min"}
+
+
+INFO = json.dumps([{
+    "name": "prod", "status": {"code": 0, "message": "ok"},
+    "archive": [{"id": "15-1", "min": "000000010000000000000002",
+                 "max": "000000010000000000000009"}],
+    "backup": [
+        {"label": "20260409-031700F_20260410-031700D", "type": "diff",
+         "timestamp": {"start": 1775790000, "stop": 1775790010}},
+        {"label": "20260409-031700F", "type": "full",
+         "timestamp": {"start": 1775703420, "stop": 1775703430}},
+    ]}])
+
+
+def test_parse_info_orders_backups_and_finds_the_newest_archived_segment():
+    info = pitr.parse_info(INFO, "prod")
+    assert [backup.type for backup in info.backups] == ["full", "diff"]
+    assert info.oldest.stopped == datetime.fromtimestamp(1775703430, UTC)
+    assert info.archive_max == "000000010000000000000009"
+
+
+def test_parse_info_of_another_stanza_is_an_error():
+    with pytest.raises(ValueError, match="stanza dev"):
+        pitr.parse_info(INFO, "dev")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-04-09 14:30:00+00", datetime(2026, 4, 9, 14, 30, tzinfo=UTC)),
+    ("2026-04-09T14:30:00Z", datetime(2026, 4, 9, 14, 30, tzinfo=UTC)),
+    ("2026-04-09 16:30:00+02", datetime(2026, 4, 9, 14, 30, tzinfo=UTC)),
+    ("2026-04-09 16:30:00.250+0200", datetime(2026, 4, 9, 14, 30, 0, 250000, tzinfo=UTC)),
+])
+def test_parse_target_reads_times_with_zones(text, expected):
+    assert pitr.parse_target(text) == expected
+
+
+def test_parse_target_takes_a_time_without_zone_as_local_time():
+    zone = timezone(timedelta(hours=-5))
+    assert pitr.parse_target("2026-04-09 09:30:00", zone) == \
+        datetime(2026, 4, 9, 14, 30, tzinfo=UTC)
+
+
+def test_parse_target_latest_is_none_and_garbage_is_one_line():
+    assert pitr.parse_target("latest") is None
+    with pytest.raises(UserError, match="--to must be latest or a time"):
+        pitr.parse_target("yesterday")
+    with pytest.raises(UserError, match="not a valid time"):
+        pitr.parse_target("2026-02-30 10:00:00")
+
+
+def test_target_text_is_utc_for_postgres():
+    assert pitr.target_text(datetime(2026, 4, 9, 16, 30, tzinfo=timezone(timedelta(hours=2)))) \
+        == "2026-04-09 14:30:00.000000+00"
+
+
+def test_check_target_refuses_outside_the_window_and_says_the_window():
+    info = pitr.parse_info(INFO, "prod")
+    start = info.oldest.stopped
+    end = start + timedelta(days=2)
+    pitr.check_target(start + timedelta(hours=1), info, end)
+    pitr.check_target(None, info, end)
+    with pytest.raises(UserError, match="before the oldest base backup ended: the window is"):
+        pitr.check_target(start - timedelta(seconds=1), info, end)
+    with pytest.raises(UserError, match="after the newest archived WAL: the window is"):
+        pitr.check_target(end + timedelta(seconds=1), info, end)
+
+
+def test_check_target_without_any_base_backup_says_take_one():
+    empty = pitr.Info(2, "no valid backups", (), None)
+    with pytest.raises(UserError, match="pitr-backup"):
+        pitr.check_target(None, empty, None)
+
+
+VERIFY_DAMAGED = """\
+2026-12-03 13:25:03.016 P00   INFO: verify command begin 2.45: --stanza=dev
+2026-12-03 13:25:18.472 P01   INFO: invalid result 15-1/0000000100000000/0000000100000006-69a0.zst: [29] zst error: [-20] Data corruption detected
+2026-12-03 13:25:18.959 P00   INFO: stanza: dev
+                                    status: error
+                                      archiveId: 15-1, total WAL checked: 7, total valid WAL: 6
+2026-12-03 13:25:18.959 P00   INFO: verify command end: completed successfully (15950ms)
+"""  # noqa: E501
+
+
+def test_verify_problems_reads_status_error_even_from_a_successful_run():
+    problems = pitr.verify_problems(VERIFY_DAMAGED)
+    assert len(problems) == 1
+    assert problems[0].startswith("invalid result 15-1/") and "Data corruption" in problems[0]
+
+
+def test_verify_problems_of_a_clean_run_is_empty():
+    clean = VERIFY_DAMAGED.replace("status: error", "status: ok").replace("invalid", "valid")
+    assert pitr.verify_problems(clean) == []
+
+
+def facts(**changes) -> pitr.Facts:
+    values = dict(newest_base=NOW - timedelta(days=1), last_archived=NOW - timedelta(minutes=5),
+                  last_archived_wal="000000010000000000000009", last_failed=None,
+                  failed_count=0, ready=0, oldest_ready=None)
+    values.update(changes)
+    return pitr.Facts(**values)
+
+
+def test_judge_passes_a_healthy_env_and_fills_the_json_object():
+    verdict, data, warnings = pitr.judge(facts(), NOW)
+    assert (verdict, warnings) == ("PASS", [])
+    assert data["newest_base_backup"] == "2026-04-08T12:00:00Z"
+    assert data["last_archived"] == "2026-04-09T11:55:00Z"
+    assert pitr.status_part(data) == " pitr=wal:2026-04-09T11:55:00Z,base:2026-04-08T12:00:00Z"
+
+
+@pytest.mark.parametrize("changes, said", [
+    ({"oldest_ready": NOW - timedelta(minutes=61), "ready": 3}, "archiving is 1.0h behind"),
+    ({"last_failed": NOW - timedelta(minutes=1)}, "archiving is failing"),
+    ({"newest_base": NOW - timedelta(days=8, minutes=1)}, "newest base backup is 8 days old"),
+    ({"newest_base": None}, "no base backup"),
+    ({"drill": {"result": "FAIL"}}, "last drill FAIL"),
+])
+def test_judge_warns(changes, said):
+    verdict, _, warnings = pitr.judge(facts(**changes), NOW)
+    assert verdict == "WARN"
+    assert any(said in warning for warning in warnings), warnings
+
+
+def test_judge_does_not_warn_at_the_thresholds_or_for_a_failure_since_recovered():
+    verdict, _, _ = pitr.judge(facts(oldest_ready=NOW - timedelta(minutes=59), ready=1,
+                                     newest_base=NOW - timedelta(days=7, hours=23),
+                                     last_failed=NOW - timedelta(minutes=10)), NOW)
+    assert verdict == "PASS"
+
+
+def test_nightly_type_is_full_weekly_and_diff_otherwise():
+    assert pitr.nightly_type(None, NOW) == "full"
+    assert pitr.nightly_type(NOW - timedelta(days=7), NOW) == "full"
+    assert pitr.nightly_type(NOW - timedelta(days=6), NOW) == "diff"
+
+
+def test_drill_problems_name_missing_and_empty_tables_only():
+    live = {("public", "a"): 10.0, ("public", "b"): 5.0, ("public", "new"): -1.0}
+    restored = {("public", "a"): 8, ("public", "new"): 0}
+    assert pitr.drill_problems(live, restored) == ["public.b is missing"]
+    assert pitr.drill_problems({("public", "a"): 10.0}, {("public", "a"): 0}) == [
+        "public.a is empty (live: about 10 rows)"]
+
+
+def test_check_port_refuses_what_is_not_a_port():
+    assert pitr.check_port("5433") == 5433
+    for bad in ("80", "70000", "x"):
+        with pytest.raises(UserError, match="--port"):
+            pitr.check_port(bad)
+
+
+def test_cluster_url_uses_the_socket_directory_and_the_port():
+    assert pitr.cluster_url(SERVER, 5499, "carabase_prod") == \
+        "postgresql://postgres@/carabase_prod?host=%2Fvar%2Frun%2Fpostgresql&port=5499"
+
+
+def test_chosen_dir_is_under_the_backup_dir_or_carabase_pitr_repo(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    monkeypatch.delenv("CARABASE_PITR_REPO", raising=False)
+    assert pitr.chosen_dir("dev") == tmp_path / "dev" / "pitr"
+    monkeypatch.setenv("CARABASE_PITR_REPO", "/var/lib/carabase-pitr")
+    assert pitr.chosen_dir("dev") == Path("/var/lib/carabase-pitr/dev")
+    monkeypatch.setenv("CARABASE_PITR_REPO", "relative")
+    with pytest.raises(UserError, match="absolute"):
+        pitr.chosen_dir("dev")
+
+
+def test_retention_days_defaults_to_14_and_refuses_nonsense(monkeypatch):
+    monkeypatch.delenv("CARABASE_PITR_DAYS", raising=False)
+    assert pitr.retention_days() == 14
+    monkeypatch.setenv("CARABASE_PITR_DAYS", "0")
+    with pytest.raises(UserError, match="CARABASE_PITR_DAYS"):
+        pitr.retention_days()
+
+
+def test_the_pointer_file_keeps_where_the_configuration_lives_outside_the_data_dir(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    debian = pitr.Server(SERVER.data_dir, 5432, "/var/run/postgresql", "postgres", "postgres",
+                         SERVER.bindir, ("/etc/postgresql/15/main/pg_hba.conf",
+                                         "/etc/postgresql/15/main/pg_ident.conf"))
+    setup = pitr.Setup("prod", Path("/srv/pitr/prod"), debian)
+    (tmp_path / "prod").mkdir()
+    pitr.pointer_path("prod").write_text(pitr.pointer_json(setup))
+    assert pitr.load_setup("prod") == setup
+    assert pitr.load_setup("dev") is None
+
+
+def test_an_unreadable_pointer_file_says_to_run_setup_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    (tmp_path / "dev").mkdir()
+    pitr.pointer_path("dev").write_text("{not json")
+    with pytest.raises(UserError, match=r"run invoke backup\.pitr-setup dev again"):
+        pitr.load_setup("dev")
