@@ -305,6 +305,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     require_programs(action)
     target, probe = guard_env(c, env, i_know, action)
     if not in_place:
+        refuse_without_createdb(target, probe, action)
         refuse_blocking_sessions(target, probe, action)
     identity = settings_kept(target, probe, drop_settings, action)
 
@@ -314,8 +315,6 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         facts = decrypt_and_check(key, source, plaintext, action, sink=named.feed)
         named.finish()
         facts.leave_out = roles_left_out(named, probe.restoring, action)
-        if not in_place:
-            refuse_without_createdb(target, probe, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:

@@ -101,7 +101,10 @@ from pg_database d where d.datname = :'name'
 # The sessions the swap closes: client backends only (autovacuum and other background
 # workers never block a rename: the server stops them itself, and a non-superuser may
 # not signal them).
-CLIENT_SESSIONS = ("backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid()")
+# Another role's session shows no backend_type to a role without pg_read_all_stats:
+# one with a role is then taken for a client (autovacuum workers have none).
+CLIENT_SESSIONS = ("coalesce(backend_type = 'client backend', usesysid IS NOT NULL)"
+                   " AND pid <> pg_catalog.pg_backend_pid()")
 # Whether the current role may end the session of pg_stat_activity row `a`
 # (pg_terminate_backend's own rule: a superuser any; others not a superuser's, and only
 # their roles' sessions unless they have pg_signal_backend).
@@ -169,7 +172,7 @@ select json_build_object(
                    'application', a.application_name, 'database', a.datname)
                    order by a.pid), '[]')
                from pg_stat_activity a where a.datname in (:'name', :'undo')
-               and a.{CLIENT_SESSIONS} and not ({MAY_END})),
+               and {CLIENT_SESSIONS} and not ({MAY_END})),
   'unsettable', {UNSETTABLE_SETTINGS},
   'restoring', ({RESTORING_ROLE_QUERY.strip()}))
 """

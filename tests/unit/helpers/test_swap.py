@@ -116,7 +116,7 @@ def test_swap_closes_sessions_then_renames_target_aside_and_fresh_into_place():
     assert "pg_catalog.pg_terminate_backend(pid)" in statements[-3]
     assert "WHERE datname = 'db'" in statements[-3]
     # Client sessions only: never an autovacuum worker, which a non-superuser may not end.
-    assert "backend_type = 'client backend'" in statements[-3]
+    assert "coalesce(backend_type = 'client backend', usesysid IS NOT NULL)" in statements[-3]
     assert statements[-2:] == [
         'ALTER DATABASE "db" RENAME TO "db__carabase_undo";',
         'ALTER DATABASE "db__carabase_restoring" RENAME TO "db";']
