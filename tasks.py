@@ -304,17 +304,15 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     key = require_key()
     require_programs(action)
     target, probe = guard_env(c, env, i_know, action)
+    identity = probe.identity  # --in-place keeps the database, settings and all
     if not in_place:
         refuse_without_createdb(target, probe, action)
         refuse_blocking_sessions(target, probe, action)
-    identity = settings_kept(target, probe, drop_settings, action)
+        identity = settings_kept(target, probe, drop_settings, action)
 
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext:
-        named = dumproles.DumpRoles()
-        facts = decrypt_and_check(key, source, plaintext, action, sink=named.feed)
-        named.finish()
-        facts.leave_out = roles_left_out(named, probe.restoring, action)
+        facts = checked_dump(key, source, plaintext, probe.restoring, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:
@@ -502,6 +500,17 @@ def roles_left_out(named: dumproles.DumpRoles, role: dumproles.RestoringRole,
     return (*missing, *unusable)
 
 
+def checked_dump(key: bytes, source: Path, plaintext: Plaintext,
+                 role: dumproles.RestoringRole, action: str) -> DumpFacts:
+    """Decrypt and check the backup in one pass, which also lists the roles it names
+    (roles_left_out: refused or left out, before anything is built)."""
+    named = dumproles.DumpRoles()
+    facts = decrypt_and_check(key, source, plaintext, action, sink=named.feed)
+    named.finish()
+    facts.leave_out = roles_left_out(named, role, action)
+    return facts
+
+
 def report_ended_sessions(result, action: str) -> None:
     ended = swap.ended_sessions(result.stderr)
     if ended:
@@ -658,6 +667,7 @@ def undo_restore(c, env, yes=False, i_know=False):
     check_env(env)
     require_programs(action)
     target, probe = guard_env(c, env, i_know, action)
+    refuse_blocking_sessions(target, probe, action)
     server = maintenance_of(target)
     undo = swap.undo_name(target.name)
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
@@ -680,6 +690,7 @@ def undo_restore(c, env, yes=False, i_know=False):
         result = rename_databases(c, server, statements, action)
         if not result.ok:
             raise UserError(f"{action} failed, nothing was changed: {failure(result, target)}")
+        report_ended_sessions(result, action)
     print(f"{action}: {target.uri} holds again what it held before the last restore")
     if current is not None:
         print(f"{action}: what that restore brought is kept as {undo}"
