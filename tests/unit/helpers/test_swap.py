@@ -172,3 +172,21 @@ def test_undo_swaps_the_copy_and_the_target_through_a_spare_name():
     assert statements[-3:] == ['ALTER DATABASE "db" RENAME TO "db__spare";',
                                'ALTER DATABASE "db__u" RENAME TO "db";',
                                'ALTER DATABASE "db__spare" RENAME TO "db__u";']
+
+
+def test_the_probe_reads_blocking_sessions_unsettable_settings_and_the_restoring_role():
+    probe = swap.Probe.from_json(json.dumps({
+        "cluster": 7, "database": "db", "identity": None, "creates": True, "owns": None,
+        "sessions": 2,
+        "blocking": [{"role": "postgres", "application": "psql", "database": "db"}],
+        "unsettable": [{"role": "reader", "item": "work_mem=4MB"}],
+        "restoring": {"name": "app", "superuser": False,
+                      "roles": {"app": True, "reader": False}, "extensions": None}}))
+
+    assert probe.blocking == (swap.Session("postgres", "psql", "db"),)
+    assert probe.unsettable == (Setting("reader", "work_mem", "4MB"),)
+    assert probe.restoring.name == "app" and probe.restoring.roles == {"app": True,
+                                                                       "reader": False}
+    assert probe.owns and probe.sessions == 2
+    assert swap.setting_sql("db", probe.unsettable[0]) == (
+        'ALTER ROLE "reader" IN DATABASE "db" SET "work_mem" TO \'4MB\';')
