@@ -49,8 +49,8 @@ from pathlib import Path
 import invoke
 from invoke import Collection, Exit
 
-from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, offsite,
-                     pitr, progress, retention, schedule, swap, systemd, verify)
+from helpers import (cronlog, drill, dumproles, dumpscan, freshness, install, launchd, notify,
+                     offsite, pitr, progress, retention, schedule, swap, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, parse_database_url,
@@ -60,9 +60,9 @@ from helpers.failures import explain_pipeline_failure
 from helpers.process import (Interrupted, env_lock, on_lifeline, stop_on_signal,
                              watching_terminal)
 from helpers.prune import prune_backups
-from helpers.restore import (DamagedBackup, DumpFacts, ask, confirm_restore, decrypt_and_check,
-                             open_fifo_writer, private_tempdir, private_tempfile,
-                             restore_lock, sessions_phrase)
+from helpers.restore import (DamagedBackup, DumpFacts, Plaintext, ask, confirm_restore,
+                             decrypt_and_check, open_fifo_writer, private_tempdir,
+                             private_tempfile, restore_lock, sessions_phrase)
 from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
                           not_backups, os_errors_reported, publish, remove_if_empty,
                           remove_stale_partials)
@@ -146,15 +146,14 @@ def failure(result, db: Database) -> str:
 
 # --- backup ---------------------------------------------------------------------------
 
-# Plain SQL that builds the database in an empty one, on any machine (a pure create
-# script: restore applies it to a fresh database, then swaps that in): no owners, grants
-# or tablespaces from the source, and no subscriptions (restoring prod's into dev would
-# start pulling prod's changes). Older backups were made with --clean --if-exists; restore
-# leaves their DROP block out (helpers/clean_section.py).
+# Plain SQL that builds the database in an empty one (a pure create script: restore
+# applies it to a fresh database, then swaps that in), with owners and grants (restore
+# leaves out those naming roles the target server lacks: helpers/dumproles.py), but no
+# tablespaces and no subscriptions (restoring prod's into dev would start pulling prod's
+# changes). Older backups were made with --no-owner --no-privileges, some with --clean
+# --if-exists; restore leaves their DROP block out (helpers/clean_section.py).
 PG_DUMP_OPTIONS = (
     "--format=plain",
-    "--no-owner",
-    "--no-privileges",
     "--no-tablespaces",
     "--no-subscriptions",
     "--no-security-labels",
@@ -298,9 +297,12 @@ def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Pr
         "no-keep": "drop the replaced database at once instead of keeping it for undo",
         "in-place": "for a role that may not create databases: apply inside the existing"
                     " database, in one transaction (see docs/restoring.md for its limits)",
+        "drop-settings": "leave out the target's settings this role could not set again"
+                         " (each is named) instead of refusing",
     }
 )
-def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False):
+def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False,
+            drop_settings=False):
     """Restore a backup into an env's database: build it fresh, then swap it in."""
     action = f"restore into {env}"
     check_env(env)
@@ -312,19 +314,22 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     key = require_key()
     require_programs(action)
     target, probe = guard_env(c, env, i_know, action)
-    identity = probe.identity
+    identity = probe.identity  # --in-place keeps the database, settings and all
+    if not in_place:
+        refuse_without_createdb(target, probe, action)
+        refuse_blocking_sessions(target, probe, action)
+        identity = settings_kept(target, probe, drop_settings, action)
 
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext:
-        facts = decrypt_and_check(key, source, plaintext, action)
-        if not in_place:
-            refuse_without_createdb(target, probe, action)
+        facts = checked_dump(key, source, plaintext, probe.restoring, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
-            tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action)
+            tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action,
+                                    force=probe.restoring.superuser)
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
     if in_place:
@@ -352,18 +357,20 @@ def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
             " and replace this restore's result")
 
 
-def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
+def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
-                     action: str) -> bool:
+                     action: str, force: bool = False) -> bool:
     """Build the backup into a fresh database, then swap it in for `target`. False if,
-    the swap done, an old copy could not be dropped (said on stderr)."""
+    the swap done, an old copy could not be dropped (said on stderr). `force`: the
+    role may drop with WITH (FORCE) (swap.drop_database_sql)."""
     server = maintenance_of(target)
     fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
     retired = swap.retired_name(target.name)
     # The apply's psql first drops what a killed restore left behind (half-built, or
     # retired but not yet dropped), then creates the fresh database and connects to it.
-    create = [*map(swap.drop_database_sql, [fresh.name, retired]),
+    create = [*swap.drop_database_sql(fresh.name, force),
+              *swap.drop_database_sql(retired, force),
               swap.create_database_sql(fresh.name, identity)]
     try:
         apply_dump(c, plaintext, facts, fresh, action, create=create, server=server)
@@ -371,12 +378,14 @@ def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
         # --no-keep, the one just made).
         result = rename_databases(
             c, server, swap.swap_sql(target.name, fresh.name, undo, identity), action,
-            after=swap.after_swap_sql(target.name, drop_undo=no_keep and undo is not None))
+            after=swap.after_swap_sql(target.name, drop_undo=no_keep and undo is not None,
+                                      force=force))
         if not committed(result):
             raise UserError(f"{action} failed, {target.name} was not changed: could not swap"
                             f" in the restored database: {failure(result, target)}")
+        report_ended_sessions(result, action)
     except BaseException as error:
-        drop_database(c, fresh)  # waits for the swap to end; gone already if it committed
+        drop_database(c, fresh, force)  # waits for the swap to end; gone if it committed
         if isinstance(error, Interrupted):
             report_if_swapped_in(c, server, target, identity, error, action)
         raise
@@ -440,7 +449,8 @@ def probe_target(c, target: Database, action: str) -> swap.Probe:
     guard sees where its URL really leads; on the server's maintenance database when
     the target does not exist yet (it is then named as its URL names it)."""
     for db in (target, maintenance_of(target)):
-        result = run_sql(c, db, swap.PROBE_QUERY, name=target.name)
+        result = run_sql(c, db, swap.PROBE_QUERY, name=target.name,
+                         undo=swap.undo_name(target.name))
         if result.ok:
             probe = swap.Probe.from_json(result.stdout.strip())
             return probe if db is target else dataclasses.replace(probe, database=target.name)
@@ -463,6 +473,72 @@ def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) ->
                         " pass --in-place (see its limits in docs/restoring.md)")
 
 
+def refuse_blocking_sessions(target: Database, probe: swap.Probe, action: str) -> None:
+    """Before decrypting: a client session on the target (or its undo copy) that this
+    role may not end would fail the swap after the whole load."""
+    if not probe.blocking:
+        return
+    sessions = ", ".join(f"{s.role} ({s.application or 'no application name'})"
+                         for s in probe.blocking)
+    places = " and ".join(sorted({s.database for s in probe.blocking}))
+    one = len(probe.blocking) == 1
+    which = f"a session of {sessions} is" if one else f"sessions of {sessions} are"
+    raise UserError(f"{action} refused: {which} connected to {places} and role"
+                    f" {probe.restoring.name} may not end {'it' if one else 'them'}: close"
+                    f" {'it' if one else 'them'}, or restore as a superuser")
+
+
+def settings_kept(target: Database, probe: swap.Probe, drop_settings: bool,
+                  action: str) -> swap.DatabaseIdentity | None:
+    """The target's identity, less the settings this role could not set again on the
+    fresh copy: refused before anything is done, or left out and named with
+    --drop-settings."""
+    identity = probe.identity
+    if identity is None or not probe.unsettable:
+        return identity
+    statements = [swap.setting_sql(target.name, setting) for setting in probe.unsettable]
+    if not drop_settings:
+        raise UserError(f"{action} refused: role {probe.restoring.name} could not set again"
+                        f" what an administrator set on {target.name}: {' '.join(statements)}"
+                        " (restore as a superuser, or pass --drop-settings to leave them out)")
+    for statement in statements:
+        print(f"{action}: --drop-settings: left out {statement}", file=sys.stderr)
+    kept = tuple(s for s in identity.settings if s not in probe.unsettable)
+    return dataclasses.replace(identity, settings=kept)
+
+
+def roles_left_out(named: dumproles.DumpRoles, role: dumproles.RestoringRole,
+                   action: str) -> tuple[str, ...]:
+    """Once the dump is checked, before anything is built: refuse what only a superuser
+    may create, and say which owners and grants will be left out (helpers.dumproles)."""
+    refused = dumproles.superuser_only(named, role)
+    if refused:
+        raise UserError(f"{action} refused: role {role.name} cannot create what the backup"
+                        f" holds: {', '.join(refused)}; restore as a superuser (or install"
+                        " what is missing), nothing was changed")
+    for line in dumproles.left_out_warnings(named, role):
+        print(f"{action}: warning: {line}", file=sys.stderr)
+    missing, unusable = dumproles.unusable_roles(named, role)
+    return (*missing, *unusable)
+
+
+def checked_dump(key: bytes, source: Path, plaintext: Plaintext,
+                 role: dumproles.RestoringRole, action: str) -> DumpFacts:
+    """Decrypt and check the backup in one pass, which also lists the roles it names
+    (roles_left_out: refused or left out, before anything is built)."""
+    named = dumproles.DumpRoles()
+    facts = decrypt_and_check(key, source, plaintext, action, sink=named.feed)
+    named.finish()
+    facts.leave_out = roles_left_out(named, role, action)
+    return facts
+
+
+def report_ended_sessions(result, action: str) -> None:
+    ended = swap.ended_sessions(result.stderr)
+    if ended:
+        print(f"{action}: ended {len(ended)} session(s): {', '.join(ended)}")
+
+
 # Below this many compressed bytes gzip inflates faster than a Python interpreter starts
 # (about 40 ms here), so ISA-L's speed cannot pay for it.
 SMALL_BACKUP = 256 * 1024
@@ -479,23 +555,26 @@ def inflate_stage(size: int) -> str:
     return "gzip -dc"
 
 
-def dump_stream(plaintext: Path, facts: DumpFacts, action: str) -> str:
-    """The stages that turn the decrypted file into SQL for psql."""
+def dump_stream(plaintext: Plaintext, facts: DumpFacts, action: str) -> str:
+    """The stages that turn the decrypted file into SQL for psql. They read it as
+    plaintext.path (/proc/<pid>/fd/N on Linux: see helpers.restore.Plaintext)."""
     # With a person watching, a progress stage feeds the inflater from the file, so that
     # its percentage is of the backup itself (the inflater and psql keep pace through
     # the pipes).
-    size = plaintext.stat().st_size
+    size = plaintext.size()
     watch = progress_stage(f"{action}: read", total=size)
     if watch:
-        decompress = f"{watch} < {quoted(plaintext)} | {inflate_stage(size)}"
+        decompress = f"{watch} < {quoted(plaintext.path)} | {inflate_stage(size)}"
     else:
-        decompress = f"{inflate_stage(size)} < {quoted(plaintext)}"
+        decompress = f"{inflate_stage(size)} < {quoted(plaintext.path)}"
     if facts.clean_section:  # an older backup: its DROP block has nothing to drop
         decompress += " | " + helper_command("clean_section")
+    if facts.leave_out:  # owners and grants for roles this server lacks
+        decompress += " | " + helper_command("dumproles", *facts.leave_out)
     return decompress
 
 
-def apply_dump(c, plaintext: Path, facts: DumpFacts, db: Database, action: str,
+def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: str,
                create: list[str] = (), server: Database | None = None) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap).
@@ -577,7 +656,7 @@ def committed(result) -> bool:
     return f"\n{COMMITTED}\n" in f"\n{result.stderr}"
 
 
-def apply_in_place(c, plaintext: Path, facts: DumpFacts, target: Database,
+def apply_in_place(c, plaintext: Plaintext, facts: DumpFacts, target: Database,
                    identity: swap.DatabaseIdentity | None, action: str) -> None:
     """--in-place: empty the target and apply the dump in one transaction, committed
     only by this process once psql applied all of it and gzip read the whole file."""
@@ -610,6 +689,7 @@ def undo_restore(c, env, yes=False, i_know=False):
     check_env(env)
     require_programs(action)
     target, probe = guard_env(c, env, i_know, action)
+    refuse_blocking_sessions(target, probe, action)
     server = maintenance_of(target)
     undo = swap.undo_name(target.name)
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
@@ -632,6 +712,7 @@ def undo_restore(c, env, yes=False, i_know=False):
         result = rename_databases(c, server, statements, action)
         if not result.ok:
             raise UserError(f"{action} failed, nothing was changed: {failure(result, target)}")
+        report_ended_sessions(result, action)
     print(f"{action}: {target.uri} holds again what it held before the last restore")
     if current is not None:
         print(f"{action}: what that restore brought is kept as {undo}"
@@ -704,11 +785,10 @@ def run_sql(c, server: Database, sql: str, **variables: str):
     return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False)
 
 
-def drop_database(c, db: Database):
-    """Drop `db` if it exists. FORCE: an orphaned psql of a killed restore, or the
-    backend of one we just stopped, may still be connected to it."""
-    return run_sql(c, maintenance_of(db), 'drop database if exists :"name" with (force)',
-                   name=db.name)
+def drop_database(c, db: Database, force: bool = False):
+    """Drop `db` if it exists, ending the sessions still in it first (an orphaned psql
+    of a killed restore, or the backend of one we just stopped): swap.drop_database_sql."""
+    return run_sql(c, maintenance_of(db), "\n".join(swap.drop_database_sql(db.name, force)))
 
 
 # --- prune and status -----------------------------------------------------------------
@@ -1282,14 +1362,21 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
     """The drill itself, on the restore's machinery: decrypt and check the file in one
     pass (counting its COPY rows on the way), apply it into a fresh scratch database,
     count what arrived, always drop it."""
-    scanner = dumpscan.DumpScanner()
+    scanner, named = dumpscan.DumpScanner(), dumproles.DumpRoles()
+
+    def sink(sql: bytes) -> None:
+        scanner.feed(sql)
+        named.feed(sql)
+
     with private_tempfile() as plaintext:
         try:
-            facts = decrypt_and_check(key, source, plaintext, action, sink=scanner.feed)
+            facts = decrypt_and_check(key, source, plaintext, action, sink=sink)
         except DamagedBackup as damaged:  # nothing was touched
             return drill.Proof("FAIL", problems=[f"the backup is damaged: {damaged.reason}"]), \
                 None
         scanner.finish()
+        named.finish()
+        facts.leave_out = roles_left_out(named, restoring_role(c, scratch, action), action)
         live, unreachable = live_tables(c, database(env))
         create_scratch(c, scratch, action)
         try:
@@ -1305,6 +1392,15 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
             drop_scratch(c, scratch, action)
     return drill.judge(scanner.rows, scanner.large_objects, restored, restored_large_objects,
                        live, scanner.unfinished_table, unreachable), seconds
+
+
+def restoring_role(c, db: Database, action: str) -> dumproles.RestoringRole:
+    """What the dump's owners and grants will meet on `db`'s server, as `db`'s role."""
+    result = run_sql(c, maintenance_of(db), swap.RESTORING_ROLE_QUERY)
+    if not result.ok:
+        raise UserError(f"{action}: cannot connect to the server of {db.uri}:"
+                        f" {failure(result, db)}")
+    return swap.restoring_role(json.loads(result.stdout))
 
 
 def refuse_if_scratch_reaches_an_env(c, scratch: Database, action: str) -> None:

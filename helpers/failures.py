@@ -26,19 +26,21 @@ def explain_pipeline_failure(stderr: str, exited: int, db: Database) -> str:
          if line.startswith(prefix) and ": detail:" not in line),
         ("", lines[0] if lines else f"the pipeline exited with status {exited}"),
     )
+    # The server's own DETAIL and HINT lines follow the ERROR line that psql or pg_dump
+    # prints: the HINT often is the fix ("You might need to increase
+    # max_locks_per_transaction", "use ALTER TABLE NO FORCE ROW LEVEL SECURITY").
+    server_says = []
+    if cause in lines:
+        for line in lines[lines.index(cause) + 1:]:
+            if not line.startswith(("DETAIL:", "HINT:")):
+                break
+            server_says.append(line)
     # pg_dump and psql put the server's reason on "detail:" lines of their own.
     details = [line.split("detail:", 1)[1].strip() for line in lines
                if stage and line.startswith(stage + " detail:")]
     if details:
         cause += " (" + "; ".join(details) + ")"
-    # The server's own DETAIL and HINT lines follow psql's ERROR line: the HINT often is
-    # the fix ("You might need to increase max_locks_per_transaction").
-    if cause in lines:
-        following = lines[lines.index(cause) + 1:]
-        for line in following:
-            if not line.startswith(("DETAIL:", "HINT:")):
-                break
-            cause += " " + line
+    cause = " ".join([cause, *server_says])
     missing = next((line for line in lines if line.endswith("command not found")), None)
     if missing is not None:
         program = missing.rsplit(":", 2)[-2].strip()

@@ -4,6 +4,7 @@ and the confirmation question."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from helpers import crypto, retention, verify
 from helpers.clean_section import starts_with_clean_section
@@ -41,21 +43,90 @@ def temp_directory() -> str:
     return configured
 
 
+PLAINTEXT_PREFIX, PLAINTEXT_SUFFIX = "carabase-restore-", ".sql.gz"
+
+
+@dataclass
+class Plaintext:
+    """The decrypted backup: a 0600 file open for reading and writing, which on Linux has
+    no name at all (unlinked the moment it was created), so that nothing of it outlives
+    this process, even killed by SIGKILL: the kernel frees it with the last descriptor.
+
+    The pipeline's stages cannot inherit the descriptor (invoke starts them with
+    close_fds), so they open it again as /proc/<our pid>/fd/<fd>: that works only while
+    this process lives and holds it. Where there is no /proc (macOS), the file keeps its
+    name until the restore ends, held under an flock; a leftover of a killed restore is
+    removed by the next one (remove_stale_plaintexts)."""
+
+    file: BinaryIO
+    directory: str
+    name: str | None = None  # still linked: no /proc here
+
+    @property
+    def path(self) -> str:
+        """Where a child process opens it."""
+        return self.name or f"/proc/{os.getpid()}/fd/{self.file.fileno()}"
+
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+
+def remove_stale_plaintexts(directory: str) -> None:
+    """Remove what a killed restore of an older version (or, without /proc, any killed
+    restore) left in `directory`: regular files with our name pattern, owned by this
+    user, that no live restore holds (its flock)."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(PLAINTEXT_PREFIX) and entry.endswith(PLAINTEXT_SUFFIX)):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live restore's
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def children_reopen_descriptors() -> bool:
+    """Whether a child process can open our descriptors as /proc/<pid>/fd/N (Linux)."""
+    return os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
 @contextmanager
 def private_tempfile():
-    """A 0600 temporary file from the moment it exists, deleted whatever happens."""
+    """The decrypted backup's Plaintext: 0600 from the moment it exists, nameless on
+    Linux, closed (and so gone) whatever happens."""
     directory = temp_directory()
+    remove_stale_plaintexts(directory)
     try:
-        fd, name = tempfile.mkstemp(prefix="carabase-restore-", suffix=".sql.gz",
+        fd, name = tempfile.mkstemp(prefix=PLAINTEXT_PREFIX, suffix=PLAINTEXT_SUFFIX,
                                     dir=directory)
     except OSError as error:
         raise UserError(f"cannot create a temporary file in {directory} (set TMPDIR to use"
                         f" another directory): {error.strerror or error}") from None
-    os.close(fd)
+    linked: str | None = name
     try:
-        yield Path(name)
+        if children_reopen_descriptors():
+            os.unlink(name)
+            linked = None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(fd, "w+b") as file:
+            yield Plaintext(file, directory, linked)
     finally:
-        Path(name).unlink(missing_ok=True)  # something else may have removed it
+        if linked:
+            Path(linked).unlink(missing_ok=True)  # something else may have removed it
 
 
 @contextmanager
@@ -93,6 +164,7 @@ class DumpFacts:
 
     sql_bytes: int = 0
     clean_section: bool = False  # an older --clean dump: restore skips its DROP block
+    leave_out: tuple[str, ...] = ()  # roles whose statements the apply leaves out
 
 
 class DamagedBackup(UserError):
@@ -104,11 +176,11 @@ class DamagedBackup(UserError):
         self.reason = reason
 
 
-def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
+def decrypt_and_check(key: bytes, source: Path, plaintext: Plaintext, action: str,
                       sink: Callable[[bytes], None] | None = None) -> DumpFacts:
-    """Decrypt `source` into `plaintext` and check its gzip stream in the same pass
-    (helpers.verify's checker, inflating in memory); the tag is checked first, then the
-    stream. `sink` sees the SQL as it is inflated (the drill counts COPY rows). On
+    """Decrypt `source` into `plaintext` (private_tempfile) and check its gzip stream in
+    the same pass (helpers.verify's checker, inflating in memory); the tag is checked
+    first, then the stream. `sink` sees the SQL as it is inflated (the drill counts COPY rows). On
     failure `plaintext` is left empty."""
     facts = DumpFacts()
     head = bytearray()
@@ -125,7 +197,8 @@ def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
     except OSError as error:
         raise UserError(f"{action}: cannot read {source}: {error.strerror}") from None
     try:
-        with src, open(plaintext, "wb") as dst:
+        dst = plaintext.file
+        with src:
             checker = verify.GzipChecker(saw)
             try:
                 for chunk in crypto.decrypted_chunks(key, src):
@@ -135,6 +208,7 @@ def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
                 dst.flush()
                 dst.truncate(0)
                 raise
+            dst.flush()  # the pipeline's stages read it through another descriptor
             fault = checker.finish()
             if fault is not None:
                 dst.truncate(0)
@@ -143,7 +217,7 @@ def decrypt_and_check(key: bytes, source: Path, plaintext: Path, action: str,
     except crypto.InvalidEnvelope as error:
         raise DamagedBackup(f"{action} refused: {source.name}: {error}", str(error)) from None
     except OSError as error:
-        raise UserError(f"{action}: cannot decrypt {source} into {plaintext.parent}"
+        raise UserError(f"{action}: cannot decrypt {source} into {plaintext.directory}"
                         f" (set TMPDIR to use another directory): {error.strerror}") from None
     facts.clean_section = starts_with_clean_section(bytes(head))
     return facts

@@ -14,6 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from helpers.dumproles import RestoringRole
+
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are cut silently
 UNDO_SUFFIX = "__carabase_undo"
 RESTORING_SUFFIX = "__carabase_restoring"
@@ -96,11 +98,65 @@ from pg_database d where d.datname = :'name'
 """
 
 
+# The sessions the swap closes: client backends only (autovacuum and other background
+# workers never block a rename: the server stops them itself, and a non-superuser may
+# not signal them).
+# Another role's session shows no backend_type to a role without pg_read_all_stats:
+# one with a role is then taken for a client (autovacuum workers have none).
+CLIENT_SESSIONS = ("coalesce(backend_type = 'client backend', usesysid IS NOT NULL)"
+                   " AND pid <> pg_catalog.pg_backend_pid()")
+# Whether the current role may end the session of pg_stat_activity row `a`
+# (pg_terminate_backend's own rule: a superuser any; others not a superuser's, and only
+# their roles' sessions unless they have pg_signal_backend).
+MAY_END = ("(SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) OR"
+           " (NOT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE oid = a.usesysid),"
+           " false) AND (pg_catalog.pg_has_role(a.usesysid, 'MEMBER')"
+           " OR pg_catalog.pg_has_role('pg_signal_backend', 'MEMBER')))")
+
+# The settings of database :'name' the current role could not set again on the fresh
+# copy: a parameter only a superuser sets (context other than 'user'), or a role's
+# setting in the database for a role it may not administer. (A parameter granted with
+# GRANT SET ON PARAMETER still counts as unsettable: the query runs on every version.)
+UNSETTABLE_SETTINGS = """(select coalesce(json_agg(json_build_object(
+      'role', case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end,
+      'item', item) order by s.setrole, item), '[]')
+    from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
+      cross join unnest(s.setconfig) item
+      join pg_roles me on me.rolname = current_user
+    where d.datname = :'name' and not me.rolsuper and not (
+      coalesce((select context = 'user' from pg_settings
+                where name = lower(split_part(item, '=', 1))), true)
+      and (s.setrole in (0, me.oid) or (me.rolcreaterole
+           and pg_has_role(s.setrole, 'MEMBER WITH ADMIN OPTION')
+           and not (select rolsuper from pg_roles where oid = s.setrole)))))"""
+
+# The current role, and what the dump's owners, grants and extensions will meet on this
+# server (helpers.dumproles.RestoringRole).
+RESTORING_ROLE_QUERY = """
+select json_build_object(
+  'name', current_user,
+  'superuser', (select rolsuper from pg_roles where rolname = current_user),
+  'roles', (select json_object_agg(r.rolname, me.rolsuper or pg_has_role(r.oid, 'MEMBER'))
+            from pg_roles r, pg_roles me where me.rolname = current_user),
+  'extensions', (select coalesce(json_object_agg(name, usable), '{}') from (
+                   select name, bool_or(trusted or not superuser) as usable
+                   from pg_available_extension_versions group by name) e))
+"""
+
+
+def restoring_role(data: dict) -> RestoringRole:
+    """RESTORING_ROLE_QUERY's answer, parsed."""
+    return RestoringRole(data["name"], bool(data["superuser"]), data["roles"] or {},
+                         data["extensions"] or {})
+
+
 # Everything a restore asks the server before it starts, in one query (one psql): where
 # the connection leads (the cluster's system identifier and the database the server
 # says it is: the prod guard compares these), the target's identity (None when it does
-# not exist), whether this role may create databases and owns the target, and how many
-# sessions the swap will close.
+# not exist), whether this role may create databases and owns the target, the client
+# sessions the swap will close and those it may not (on the target and its undo copy,
+# :'undo'), the settings it could not set again, and the roles and extensions the
+# dump's statements will meet (helpers.dumproles).
 PROBE_QUERY = f"""
 select json_build_object(
   'cluster', (select system_identifier::text from pg_control_system()),
@@ -111,8 +167,24 @@ select json_build_object(
            from pg_roles r, pg_database d where r.rolname = current_user
            and d.datname = :'name'),
   'sessions', (select count(*) from pg_stat_activity where datname = :'name'
-               and pid <> pg_backend_pid()))
+               and {CLIENT_SESSIONS}),
+  'blocking', (select coalesce(json_agg(json_build_object('role', a.usename,
+                   'application', a.application_name, 'database', a.datname)
+                   order by a.pid), '[]')
+               from pg_stat_activity a where a.datname in (:'name', :'undo')
+               and {CLIENT_SESSIONS} and not ({MAY_END})),
+  'unsettable', {UNSETTABLE_SETTINGS},
+  'restoring', ({RESTORING_ROLE_QUERY.strip()}))
 """
+
+
+@dataclass(frozen=True)
+class Session:
+    """A client session the restoring role may not end."""
+
+    role: str
+    application: str
+    database: str
 
 
 @dataclass(frozen=True)
@@ -124,7 +196,10 @@ class Probe:
     identity: DatabaseIdentity | None
     creates: bool  # may create databases
     owns: bool  # may rename the target (owns it, or is superuser); True with no target
-    sessions: int
+    sessions: int  # client sessions on the target, which the swap closes
+    blocking: tuple[Session, ...] = ()  # ... and those it may not end
+    unsettable: tuple[Setting, ...] = ()  # target settings it could not set again
+    restoring: RestoringRole = field(default_factory=lambda: RestoringRole("", False, {}))
 
     @classmethod
     def from_json(cls, text: str) -> Probe:
@@ -132,7 +207,12 @@ class Probe:
         identity = data["identity"]
         return cls(str(data["cluster"]), data["database"],
                    DatabaseIdentity.from_json(json.dumps(identity)) if identity else None,
-                   bool(data["creates"]), data["owns"] is not False, int(data["sessions"]))
+                   bool(data["creates"]), data["owns"] is not False, int(data["sessions"]),
+                   blocking=tuple(Session(s["role"] or "?", s["application"] or "",
+                                          s["database"]) for s in data.get("blocking", ())),
+                   unsettable=tuple(Setting(s["role"], *split_setting(s["item"]))
+                                    for s in data.get("unsettable", ())),
+                   restoring=restoring_role(data["restoring"]))
 
 
 @dataclass(frozen=True)
@@ -243,10 +323,18 @@ def setting_value_sql(name: str, value: str) -> str:
 # --- statements -----------------------------------------------------------------------
 
 
-def drop_database_sql(name: str) -> str:
-    """DROP DATABASE, if it exists, whoever is connected (FORCE: an orphaned psql of a
-    killed restore may still be)."""
-    return f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);"
+def drop_database_sql(name: str, force: bool = False) -> list[str]:
+    """DROP DATABASE, if it exists. An orphaned psql of a killed restore may still be
+    connected: its client sessions are ended first (those the role may end), then a
+    plain DROP, which waits a few seconds for them to go and stops autovacuum itself.
+    `force` (only for a role that may end every session: a superuser) uses WITH (FORCE);
+    as a non-superuser FORCE fails whenever an autovacuum worker is in the database."""
+    if force:
+        return [f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);"]
+    return [f"SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM"
+            f" pg_catalog.pg_stat_activity a WHERE datname = {quote_literal(name)}"
+            f" AND {CLIENT_SESSIONS} AND ({MAY_END});",
+            f"DROP DATABASE IF EXISTS {quote_ident(name)};"]
 
 
 def create_database_sql(name: str, identity: DatabaseIdentity | None) -> str:
@@ -275,18 +363,21 @@ def create_database_sql(name: str, identity: DatabaseIdentity | None) -> str:
     return " ".join(parts) + ";"
 
 
+def setting_sql(name: str, setting: Setting) -> str:
+    """The statement that gives database `name` `setting`."""
+    value = setting_value_sql(setting.name, setting.value)
+    prefix = (f"ALTER ROLE {quote_ident(setting.role)} IN DATABASE {quote_ident(name)}"
+              if setting.role else f"ALTER DATABASE {quote_ident(name)}")
+    return f"{prefix} SET {quote_ident(setting.name)} TO {value};"
+
+
 def identity_sql(name: str, identity: DatabaseIdentity) -> list[str]:
     """What the database `name` must be given to carry `identity` beyond CREATE DATABASE:
     settings, per-role settings, comment, connection limit, grants. Run after the dump
     was applied (a setting such as default_transaction_read_only must not apply to
     the restore itself)."""
     db = quote_ident(name)
-    statements = []
-    for setting in identity.settings:
-        value = setting_value_sql(setting.name, setting.value)
-        prefix = (f"ALTER ROLE {quote_ident(setting.role)} IN DATABASE {db}"
-                  if setting.role else f"ALTER DATABASE {db}")
-        statements.append(f"{prefix} SET {quote_ident(setting.name)} TO {value};")
+    statements = [setting_sql(name, setting) for setting in identity.settings]
     if identity.comment is not None:
         statements.append(f"COMMENT ON DATABASE {db} IS {quote_literal(identity.comment)};")
     if identity.connection_limit != -1:
@@ -303,10 +394,27 @@ def identity_sql(name: str, identity: DatabaseIdentity) -> list[str]:
     return statements
 
 
+ENDED = "carabase: ended sessions:"
+
+
 def close_sessions_sql(name: str) -> str:
-    """Terminate every other session on database `name` (pg_terminate_backend)."""
-    return ("SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity"
-            f" WHERE datname = {quote_literal(name)} AND pid <> pg_catalog.pg_backend_pid();")
+    """Terminate the other client sessions on database `name` (never a background
+    worker), and have psql say which on stderr (`ENDED`, then `role (application) pid`
+    for each, comma-separated; helpers.swap.ended_sessions reads them back)."""
+    return ("SELECT coalesce(string_agg(CASE WHEN pg_catalog.pg_terminate_backend(pid) THEN"
+            " format('%s (%s) pid %s', usename, coalesce(nullif(application_name, ''), '-'),"
+            " pid) END, ', '), '') AS carabase_ended FROM pg_catalog.pg_stat_activity"
+            f" WHERE datname = {quote_literal(name)} AND {CLIENT_SESSIONS} \\gset\n"
+            f"\\warn '{ENDED}' :carabase_ended")
+
+
+def ended_sessions(stderr: str) -> list[str]:
+    """The sessions close_sessions_sql ended, from psql's stderr."""
+    ended = []
+    for line in stderr.splitlines():
+        if line.startswith(ENDED):
+            ended += [item for item in line[len(ENDED):].strip().split(", ") if item]
+    return ended
 
 
 def swap_sql(target: str, fresh: str, undo: str | None,
@@ -334,12 +442,12 @@ def swap_sql(target: str, fresh: str, undo: str | None,
     return statements
 
 
-def after_swap_sql(target: str, drop_undo: bool) -> list[str]:
+def after_swap_sql(target: str, drop_undo: bool, force: bool = False) -> list[str]:
     """What runs once the swap has committed: the previous undo copy goes, and with
     `drop_undo` (--no-keep) the database the swap just replaced."""
-    statements = [drop_database_sql(retired_name(target))]
+    statements = drop_database_sql(retired_name(target), force)
     if drop_undo:
-        statements.append(drop_database_sql(undo_name(target)))
+        statements += drop_database_sql(undo_name(target), force)
     return statements
 
 

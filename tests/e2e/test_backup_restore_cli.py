@@ -50,7 +50,8 @@ def test_backup_decrypts_by_hand_to_a_plain_sql_dump(dev_environ, backup_dir, ke
     sql = gzip.decompress(decrypted).decode()
     assert "CREATE TABLE \"public\".\"item\"" in sql
     assert "DROP " not in sql  # a pure create script, as the original pg_dump -Fp was
-    assert "OWNER TO" not in sql and "GRANT " not in sql  # portable
+    # Owners and grants travel (the restore leaves out those of roles a server lacks).
+    assert 'ALTER TABLE "public"."item" OWNER TO "postgres";' in sql
 
 
 def test_two_backups_in_a_row_get_distinct_names(dev_environ, backup_dir):

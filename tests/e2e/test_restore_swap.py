@@ -208,9 +208,9 @@ def test_restore_closes_the_targets_sessions_after_saying_how_many(
     try:
         idle.stdin.write(b"select 1;\n")
         idle.stdin.flush()
-        wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                             f" datname = '{source_db}'").strip() == "1",
-                 "the idle session to connect")
+        idle_pid = wait_for(lambda: pg.psql("postgres", "select pid from pg_stat_activity"
+                                                        f" where datname = '{source_db}'")
+                            .strip(), "the idle session to connect")
         controller, terminal = os.openpty()
         try:
             os.write(controller, b"yes\n")
@@ -225,6 +225,8 @@ def test_restore_closes_the_targets_sessions_after_saying_how_many(
 
     assert "1 session is connected to it and will be closed." in result.stdout
     assert result.returncode == 0, result.stderr
+    assert f"restore into dev: ended 1 session(s): postgres (psql) pid {idle_pid}" \
+        in result.stdout
     assert "added_after" not in str(full_snapshot(pg, source_db))
 
 

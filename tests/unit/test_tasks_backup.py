@@ -26,7 +26,8 @@ def test_backup_pipeline_fails_on_any_stage_and_quotes_every_value(monkeypatch, 
     (guarded,), options = context.run.call_args
     command = pipeline_on_lifeline(guarded)
     assert command.startswith("set -o pipefail; pg_dump ")
-    assert "pg_dump --format=plain --no-owner --no-privileges" in command
+    assert "pg_dump --format=plain --no-tablespaces" in command
+    assert "--no-owner" not in command and "--no-privileges" not in command  # grants travel
     assert "--clean" not in command  # a pure create script: restore builds a fresh database
     assert "--dbname postgresql://u@h/db%20name |" in command
     assert "| gzip -9 |" in command and "-m helpers.crypto encrypt >" in command

@@ -24,7 +24,8 @@ def test_leftover_scratch_database_is_dropped_then_made_afresh_and_marked():
                                Result()], repeat=False)
     tasks.create_scratch(context, SCRATCH, "drill dev")
     commands = [call.args[0] for call in context.run.call_args_list]
-    assert "drop database if exists :\"name\" with (force)" in commands[1]
+    assert "DROP DATABASE IF EXISTS \"it'\"'\"'s scratch\";" in commands[1]
+    assert "pg_terminate_backend" in commands[1]  # its sessions first, then a plain drop
     # Created and marked by one psql: no unmarked scratch database between the two.
     assert "CREATE DATABASE \"it'\"'\"'s scratch\" WITH TEMPLATE template0;" in commands[2]
     assert 'comment on database :"name" is ' in commands[2] and tasks.SCRATCH_MARK in commands[2]
@@ -37,4 +38,4 @@ def test_scratch_database_whose_creation_fails_is_dropped_again():
     with pytest.raises(UserError, match="cannot create the scratch database"):
         tasks.create_scratch(context, SCRATCH, "drill dev")
     last = context.run.call_args_list[-1].args[0]
-    assert "drop database if exists :\"name\" with (force)" in last
+    assert "DROP DATABASE IF EXISTS \"it'\"'\"'s scratch\";" in last

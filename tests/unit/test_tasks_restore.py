@@ -14,10 +14,17 @@ import tasks
 from helpers.config import parse_database_url
 from helpers.errors import UserError
 from helpers.process import Interrupted
-from helpers.restore import DumpFacts
+from helpers.restore import DumpFacts, Plaintext
 from helpers.swap import DatabaseIdentity
 
 ISAL_INFLATE = f"{sys.executable} -m isal.igzip -dc"
+
+
+def plaintext_at(path: Path, size: int = 0) -> Plaintext:
+    """A Plaintext of `size` bytes that children open by its name (as without /proc)."""
+    path.write_bytes(b"")
+    os.truncate(path, size)
+    return Plaintext(path.open("r+b"), str(path.parent), name=str(path))
 
 
 def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_path,
@@ -25,16 +32,14 @@ def test_apply_dump_stops_at_the_first_error_and_skips_an_old_clean_block(tmp_pa
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
     monkeypatch.setattr(tasks, "isal_loads", lambda: True)
     monkeypatch.delenv("PGOPTIONS", raising=False)
-    plaintext = tmp_path / "dump.sql.gz"
-    plaintext.write_bytes(b"")
-    os.truncate(plaintext, tasks.SMALL_BACKUP)
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz", tasks.SMALL_BACKUP)
     db = parse_database_url("postgresql://u:pw@h/db__carabase_restoring", "V")
     context = MockContext(run=Result(exited=0), repeat=True)
 
     tasks.apply_dump(context, plaintext, DumpFacts(clean_section=True), db, "restore into dev")
 
     (command,), options = context.run.call_args
-    assert command.startswith(f"set -o pipefail; {ISAL_INFLATE} < {plaintext} | ")
+    assert command.startswith(f"set -o pipefail; {ISAL_INFLATE} < {plaintext.path} | ")
     assert "-m helpers.clean_section | psql -X --quiet --set ON_ERROR_STOP=on" in command
     assert "--dbname postgresql://u@h/db__carabase_restoring" in command
     assert "pw" not in command.replace("pipefail", "")
@@ -54,20 +59,32 @@ def test_the_dump_stream_inflates_with_the_fastest_program_there(tmp_path, monke
     monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
     monkeypatch.setattr(tasks, "isal_loads", lambda: isal)
     monkeypatch.setattr(tasks.shutil, "which", lambda program: f"/usr/bin/{program}")
-    plaintext = tmp_path / "dump.sql.gz"
-    plaintext.write_bytes(b"")
-    os.truncate(plaintext, size)
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz", size)
 
     stream = tasks.dump_stream(plaintext, DumpFacts(clean_section=False), "restore")
 
-    assert stream == f"{inflate} < {plaintext}"
+    assert stream == f"{inflate} < {plaintext.path}"
+
+
+def test_the_dump_stream_leaves_out_roles_only_when_there_are_some(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "watching_terminal", lambda: None)
+    monkeypatch.setattr(tasks, "isal_loads", lambda: False)
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz", 10)
+
+    plain = tasks.dump_stream(plaintext, DumpFacts(), "restore")
+    filtered = tasks.dump_stream(plaintext, DumpFacts(leave_out=("reader", "o'dd")), "restore")
+
+    assert "dumproles" not in plain
+    assert filtered == plain + f" | {sys.executable} -m helpers.dumproles reader 'o'\"'\"'dd'"
 
 
 def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     db = parse_database_url("postgresql:///carabase_dev", "CARABASE_DEV_DATABASE_URL")
     context = MockContext(run=Result(
         stdout='{"cluster": "7712428185212053603", "database": "carabase_dev",'
-               ' "identity": null, "creates": false, "owns": null, "sessions": 0}\n'))
+               ' "identity": null, "creates": false, "owns": null, "sessions": 0,'
+               ' "restoring": {"name": "app", "superuser": false, "roles": {},'
+               ' "extensions": {}}}\n'))
 
     probe = tasks.probe_target(context, db, "restore")
     with pytest.raises(UserError, match=r"may not create databases.*--in-place"):
@@ -81,8 +98,7 @@ def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tm
     fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring?sslmode=require",
                                "V")
     server = fresh.on_database("template1")
-    plaintext = tmp_path / "dump.sql.gz"
-    plaintext.write_bytes(b"")
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz")
     context = MockContext(run=Result(exited=0))
     create = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
               'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']

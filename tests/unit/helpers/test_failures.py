@@ -66,3 +66,19 @@ def test_the_servers_notices_are_not_taken_for_the_cause():
     message = explain_pipeline_failure(stderr, 3, parse_database_url("postgresql:///x", "V"))
 
     assert message == "psql:<stdin>:5: ERROR:  division by zero"
+
+
+def test_pg_dump_failure_keeps_the_servers_hint():
+    stderr = ('pg_dump: error: query failed: ERROR:  query would be affected by row-level'
+              ' security policy for table "items"\n'
+              "HINT:  To disable the policy for the table's owner, use ALTER TABLE NO FORCE"
+              " ROW LEVEL SECURITY.\n"
+              "pg_dump: detail: Query was: COPY public.items (id, name, secret) TO stdout;\n")
+
+    line = explain_pipeline_failure(stderr, 1, parse_database_url("postgresql:///x", "V"))
+
+    assert line == ('pg_dump: error: query failed: ERROR:  query would be affected by'
+                    ' row-level security policy for table "items" (Query was: COPY'
+                    " public.items (id, name, secret) TO stdout;) HINT:  To disable the"
+                    " policy for the table's owner, use ALTER TABLE NO FORCE ROW LEVEL"
+                    " SECURITY.")

@@ -113,8 +113,10 @@ def test_default_privileges_are_left_as_they_are():
 def test_swap_closes_sessions_then_renames_target_aside_and_fresh_into_place():
     statements = swap.swap_sql("db", "db__carabase_restoring", "db__carabase_undo", None)
 
-    assert statements[-3].startswith("SELECT count(pg_catalog.pg_terminate_backend(pid))")
+    assert "pg_catalog.pg_terminate_backend(pid)" in statements[-3]
     assert "WHERE datname = 'db'" in statements[-3]
+    # Client sessions only: never an autovacuum worker, which a non-superuser may not end.
+    assert "coalesce(backend_type = 'client backend', usesysid IS NOT NULL)" in statements[-3]
     assert statements[-2:] == [
         'ALTER DATABASE "db" RENAME TO "db__carabase_undo";',
         'ALTER DATABASE "db__carabase_restoring" RENAME TO "db";']
@@ -134,11 +136,27 @@ def test_swap_moves_the_previous_undo_copy_aside_only_if_there_is_one():
 
 
 def test_after_the_swap_the_retired_copy_goes_and_with_no_keep_the_new_undo_copy():
-    assert swap.after_swap_sql("db", drop_undo=False) == [
+    assert swap.after_swap_sql("db", drop_undo=False, force=True) == [
         'DROP DATABASE IF EXISTS "db__carabase_retired" WITH (FORCE);']
-    assert swap.after_swap_sql("db", drop_undo=True) == [
+    assert swap.after_swap_sql("db", drop_undo=True, force=True) == [
         'DROP DATABASE IF EXISTS "db__carabase_retired" WITH (FORCE);',
         'DROP DATABASE IF EXISTS "db__carabase_undo" WITH (FORCE);']
+
+
+def test_a_drop_without_force_ends_the_client_sessions_it_may_then_drops_plainly():
+    end, drop = swap.drop_database_sql("db")
+
+    assert "pg_terminate_backend" in end and "backend_type = 'client backend'" in end
+    assert "pg_has_role(a.usesysid, 'MEMBER')" in end  # only sessions it may end
+    assert drop == 'DROP DATABASE IF EXISTS "db";'
+
+
+def test_ended_sessions_are_read_back_from_psqls_stderr():
+    stderr = ("psql: NOTICE: something\n"
+              "carabase: ended sessions: app (psql) pid 12, reader (-) pid 13\n"
+              "carabase: ended sessions: \n")
+
+    assert swap.ended_sessions(stderr) == ["app (psql) pid 12", "reader (-) pid 13"]
 
 
 def test_swap_without_a_target_only_renames_the_fresh_database():
@@ -154,3 +172,21 @@ def test_undo_swaps_the_copy_and_the_target_through_a_spare_name():
     assert statements[-3:] == ['ALTER DATABASE "db" RENAME TO "db__spare";',
                                'ALTER DATABASE "db__u" RENAME TO "db";',
                                'ALTER DATABASE "db__spare" RENAME TO "db__u";']
+
+
+def test_the_probe_reads_blocking_sessions_unsettable_settings_and_the_restoring_role():
+    probe = swap.Probe.from_json(json.dumps({
+        "cluster": 7, "database": "db", "identity": None, "creates": True, "owns": None,
+        "sessions": 2,
+        "blocking": [{"role": "postgres", "application": "psql", "database": "db"}],
+        "unsettable": [{"role": "reader", "item": "work_mem=4MB"}],
+        "restoring": {"name": "app", "superuser": False,
+                      "roles": {"app": True, "reader": False}, "extensions": None}}))
+
+    assert probe.blocking == (swap.Session("postgres", "psql", "db"),)
+    assert probe.unsettable == (Setting("reader", "work_mem", "4MB"),)
+    assert probe.restoring.name == "app" and probe.restoring.roles == {"app": True,
+                                                                       "reader": False}
+    assert probe.owns and probe.sessions == 2
+    assert swap.setting_sql("db", probe.unsettable[0]) == (
+        'ALTER ROLE "reader" IN DATABASE "db" SET "work_mem" TO \'4MB\';')
