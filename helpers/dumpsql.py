@@ -13,11 +13,8 @@ up to a `\\.` line). `DumpReader` turns the stream into `Piece`s: each entry's S
 the rows of each COPY block in bulk, without ever holding much more than a megabyte.
 The restore leaves out statements (helpers.dumproles) and spreads entries over several
 sessions (the parallel apply) from these pieces; joined, they are the stream again,
-byte for byte. Like every helper, this module only reads and writes bytes: the psql
-sessions themselves are started by the shell that tasks.py composes (helpers never
-import subprocess; helpers/lifeline.py is the one process runner, and the stop hook
-checks it), e.g. N `psql --file <fifo>` reading FIFOs in a private directory that the
-router writes.
+byte for byte. This module only reads bytes: it starts no process (helpers/lifeline.py
+is the one process runner).
 
 The SQL between COPY blocks is lexed as psql lexes it (quotes, E'' strings, quoted
 identifiers, dollar quotes, comments, meta-command lines), so that a header or a `;`
