@@ -72,7 +72,7 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
     except crypto.MasterKeyError as error:
         raise UserError(f"{action}: refusing to install a schedule that would fail: {error}") \
             from None
-    key_file = os.path.abspath(crypto.key_file_path(os.environ["HOST_MASTER_KEY_FILE"]))
+    key_file = os.path.abspath(crypto.key_file(os.environ))  # the file load_key read
     notify_file = notify_url_file(action)
 
     db = database(env)
