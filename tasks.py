@@ -60,6 +60,14 @@ from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_d
 REPO = Path(__file__).resolve().parent
 
 
+class Task(invoke.Task):
+    """invoke's Task, whose automatic short flags never take the dash of a dashed name:
+    with -i and -n taken, invoke would give --in-place the flag `-` (`--, --in-place`)."""
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, taken_names | {"-"})
+
+
 def task(*args, **kwargs):
     """invoke's @task, where a helpers UserError ends the task as invoke's Exit: its one
     line on stderr and its exit status, never a traceback."""
@@ -70,7 +78,7 @@ def task(*args, **kwargs):
                 return body(*call_args, **call_kwargs)
             except UserError as error:
                 raise Exit(error.message or None, code=error.code) from None
-        return invoke.task(*args, **kwargs)(reported)
+        return invoke.task(*args, klass=Task, **kwargs)(reported)
     return decorate
 
 
@@ -695,8 +703,10 @@ def drop_database(c, db: Database):
 @task(help={"env": "dev, staging or prod",
             "dry-run": "print what would be kept and deleted; delete nothing"})
 def prune(c, env, dry_run=False):
-    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly; then
-    the same to its off-site copies (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
+    """Delete the backups of an env that the retention rules no longer keep.
+
+    Kept: the last 7 days, 4 weekly, 3 monthly; then the same to its off-site copies
+    (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
     root = env_dir(env)  # checks env
     misplaced = not_a_directory(env)
     if misplaced:
@@ -828,8 +838,9 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
 
 @task(help={"env": "dev, staging or prod"})
 def push(c, env):
-    """Copy every local backup of an env that is missing off-site, verified; never
-    replaces or deletes anything there (CARABASE_OFFSITE)."""
+    """Copy the local backups of an env that are missing off-site, verified.
+
+    Never replaces or deletes anything there (CARABASE_OFFSITE)."""
     action = f"push {check_env(env)}"
     dest = offsite.require_destination(action)
     with os_errors_reported(action), stop_on_signal(f"{action} (copies under way were"
@@ -902,8 +913,9 @@ def download_verified(c, program: Path, remote: str, partial: Path, size: int,
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
-    """Download an off-site backup into the local tree (verified, never overwriting) and
-    print its path, for backup.restore."""
+    """Download an off-site backup into the local tree and print its path.
+
+    Verified, never overwriting; the path is for backup.restore."""
     action = f"fetch {check_env(env)}"
     dest = offsite.require_destination(action)
     program = rclone_program(c)
@@ -999,7 +1011,7 @@ def load_systemd(c, env: str, action: str) -> None:
     }
 )
 def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHEDULE):
-    """Run backup.nightly <env> (backup, prune, drill when due) every night at 03:17."""
+    """Schedule backup.nightly for an env every night at 03:17 (launchd or systemd)."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
     files = install.schedule_files(env, platform, action, drill)
@@ -1400,8 +1412,10 @@ def send_ping(env: str, url: str | None, signal: str, body: str = "") -> None:
 
 @task(help={"env": "dev, staging or prod"})
 def nightly(c, env):
-    """What the schedule runs: backup, off-site copy, prune, drill when due; stops at the
-    first failure; pings CARABASE_NOTIFY_URL (start, success or fail); rotates cron.log."""
+    """Run one night of an env: backup, off-site copy, prune, drill when due.
+
+    What the schedule runs. Stops at the first failure; pings CARABASE_NOTIFY_URL (start,
+    success or fail); rotates cron.log."""
     check_env(env)
     log = install.schedule_log(env)
     try:  # before printing anything, so that this night starts the new log
