@@ -42,7 +42,7 @@ import invoke
 from invoke import Collection, Exit
 
 from helpers import (cronlog, drill, dumpscan, freshness, install, launchd, notify, offsite,
-                     progress, retention, schedule, swap, systemd, verify)
+                     progress, retention, schedule, settings, swap, systemd, verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, require_key, user_path)
@@ -1041,6 +1041,8 @@ def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHED
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
     print(f"{env}: restore drill {drill}" + (" (Sundays, after the backup)"
                                             if drill == "weekly" else ""))
+    envs = settings.add_env(env, ENVS)  # so that backup.status checks what runs here
+    print(f"{env}: recorded in {settings.settings_file()}: CARABASE_ENVS={','.join(envs)}")
 
 
 @task(
