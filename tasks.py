@@ -814,7 +814,7 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
         if not copy.ok and not outcome.reported:
             raise UserError(f"{action} failed: {rclone_failure(copy)}")
         failed.update(outcome.failed)
-        for path, kinds in outcome.confirmed.items():
+        for path, kinds in sorted(outcome.confirmed.items()):  # date order, as listed
             copied.append(path)
             hashes.update(kinds)
             how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
