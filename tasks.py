@@ -601,8 +601,9 @@ def undo_restore(c, env, yes=False, i_know=False):
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
         kept = database_identity(c, server, undo, action)
         if kept is None:
-            raise UserError(f"{action}: there is no undo copy of {target.name} ({undo}): no"
-                            " restore kept one (--no-keep), or it was undone and dropped")
+            raise UserError(f"{action}: no restore of {env} to undo: there is no undo copy"
+                            f" {undo} (none was made here, or the last restore ran with"
+                            " --no-keep or --in-place, or the copy was dropped)")
         current, sessions = probe.identity, probe.sessions
         ask(f"This puts back {env}'s database {target.uri} as it was before the last restore"
             f" (kept as {undo}, {progress.human_bytes(kept.size)}), and keeps what is there"
