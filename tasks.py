@@ -1228,8 +1228,12 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
         try:
             facts = decrypt_and_check(key, source, plaintext, action, sink=scanner.feed)
         except DamagedBackup as damaged:  # nothing was touched
-            return drill.Proof("FAIL", problems=[f"the backup is damaged: {damaged.reason}"]), \
-                None
+            # Wrong key, or damaged? The smallest other backup, tried with the key, tells.
+            others = [path for _, path in list_backups(env) if path != source]
+            other = min(others, key=lambda path: path.stat().st_size, default=None)
+            problem = drill.unreadable_problem(damaged.reason, other,
+                                               other is not None and verify.key_opens(key, other))
+            return drill.Proof("FAIL", problems=[problem]), None
         scanner.finish()
         live, unreachable = live_tables(c, database(env))
         create_scratch(c, scratch, action)
