@@ -18,7 +18,9 @@ import pytest
 from helpers import retention
 from tests.support import REPO, clean_environ, run_invoke
 
-PNPM = shutil.which("pnpm")
+# The pinned pnpm .ci/run installs into the project, else the one on PATH.
+PNPM = (shutil.which("pnpm", path=str(REPO / ".tools" / "pnpm" / "node_modules" / ".bin"))
+        or shutil.which("pnpm"))
 needs_pnpm = pytest.mark.skipif(
     PNPM is None, reason="pnpm is not installed (.ci/run installs the pinned version)"
 )
