@@ -41,12 +41,9 @@ def recorded(name: str) -> str:
 
 def add_env(env: str, order: tuple[str, ...]) -> list[str]:
     """Record `env` among the envs this machine backs up (kept in `order`); return them."""
+    named = recorded(ENVS_SETTING).replace(",", " ").split()  # a file it cannot read: refused
     path = settings_file()
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        lines = []
-    named = recorded(ENVS_SETTING).replace(",", " ").split()
+    lines = path.read_text().splitlines() if path.exists() else []
     envs = [name for name in order if name in named or name == env]
     envs += [name for name in named if name not in order]  # a typo stays to be seen
     setting = f"{ENVS_SETTING}={','.join(envs)}"
