@@ -55,7 +55,8 @@ from helpers.restore import (DamagedBackup, DumpFacts, ask, confirm_restore, dec
                              open_fifo_writer, private_tempdir, private_tempfile,
                              restore_lock, sessions_phrase)
 from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
-                          os_errors_reported, publish, remove_if_empty, remove_stale_partials)
+                          not_backups, os_errors_reported, publish, remove_if_empty,
+                          remove_stale_partials)
 
 REPO = Path(__file__).resolve().parent
 
@@ -326,7 +327,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
     if in_place:
-        print(f"{action}: applied in place: there is no undo copy")
+        print(f"{action}: applied in place: {undo_after_in_place(c, env, target, action)}")
     elif identity is None:
         print(f"{action}: {target.name} did not exist before: there is nothing to undo")
     elif no_keep and tidy:
@@ -336,6 +337,18 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         print(f"{action}: the replaced database is kept as {swap.undo_name(target.name)}"
               f" ({progress.human_bytes(identity.size)}); to put it back: invoke"
               f" backup.undo-restore {env}{' --i-know' if env == 'prod' else ''}")
+
+
+def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
+    """What undo-restore would do after an --in-place restore, which keeps no copy of
+    what it replaced: nothing, or bring back the copy an earlier restore kept."""
+    undo = swap.undo_name(target.name)
+    kept = database_identity(c, maintenance_of(target), undo, action)
+    if kept is None:
+        return "there is no undo copy"
+    return (f"no copy of what it replaced was kept; undo-restore {env} would bring back"
+            f" {undo} ({progress.human_bytes(kept.size)}), the copy an earlier restore kept,"
+            " and replace this restore's result")
 
 
 def replace_database(c, plaintext: Path, facts: DumpFacts, target: Database,
@@ -724,12 +737,26 @@ def prune(c, env, dry_run=False):
     prune_offsite(c, env, dry_run)
 
 
+def report_not_backups(env: str, action: str) -> None:
+    """A line on stderr for each entry with a backup's name that is not a regular file:
+    not counted as a backup (docs/retention.md)."""
+    try:
+        others = not_backups(env)
+    except OSError:  # status says why the env cannot be read
+        return
+    for path, kind in others:
+        print(f"{action}: {path} has a backup's name but is {kind}: not counted as a backup",
+              file=sys.stderr)
+
+
 @task(help={"json": "print one JSON object (for a health endpoint) instead of lines"})
 def status(c, json=False):
     """Freshness of every env in CARABASE_ENVS: exit 0 all PASS, 1 worst is WARN, 2 any FAIL."""
     now = datetime.now(timezone.utc)
     reports = [offsite.with_offsite(freshness.freshness_of(env, now), now)
                for env in configured_envs()]
+    for env in configured_envs():
+        report_not_backups(env, "status")
     worst = freshness.worst_status(reports)
     if json:
         print(freshness.status_json(worst, reports))
@@ -743,8 +770,9 @@ def status(c, json=False):
 # --- off-site copies ------------------------------------------------------------------
 
 # rclone logs one JSON object a line on stderr: for each file it copies, what it checked
-# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG) and "Copied (...)"; an
-# error line for each file that failed; and no transfer statistics.
+# after the upload ("size = ... OK", "md5 = ... OK", at DEBUG); an error line naming
+# each file that failed; and no transfer statistics. Whether a file arrived is judged
+# from a listing after the copy (push_backups).
 RCLONE_LOG = ("--use-json-log", "--log-level", "DEBUG", "--stats", "0")
 
 
@@ -808,12 +836,7 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     missing = [path for path in sizes if path not in remote]
     copied, hashes = [], set()  # the paths copied; the hashes rclone checked them by
     if missing:
-        # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
-        copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
-                          *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
-        outcome = offsite.copy_outcome(missing, copy.stderr)
-        if not copy.ok and not outcome.reported:
-            raise UserError(f"{action} failed: {rclone_failure(copy)}")
+        outcome = copy_missing(c, program, dest, env, missing, sizes, action)
         failed.update(outcome.failed)
         for path, kinds in sorted(outcome.confirmed.items()):  # date order, as listed
             copied.append(path)
@@ -835,6 +858,20 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
         print(f"{action}: {len(copied)} copied and verified ({how}),"
               f" {len(backups) - len(copied)} already off-site")
     return len(copied)
+
+
+def copy_missing(c, program: Path, dest: offsite.Destination, env: str, missing: list[str],
+                 sizes: dict[str, int], action: str) -> offsite.CopyOutcome:
+    """rclone copy of `missing`, then the remote listed again: a file counts as copied
+    when it is there with its local size (not by how rclone words its log lines)."""
+    # --ignore-existing: should a file have appeared meanwhile, it is not replaced.
+    copy = run_rclone(c, program, "copy", "--ignore-existing", "--files-from-raw", "-",
+                      *RCLONE_LOG, env_dir(env), dest.env_root(env), paths=missing)
+    if not copy.ok and not offsite.failed_objects(copy.stderr):
+        raise UserError(f"{action} failed: {rclone_failure(copy)}")
+    listed = {backup.relative: backup
+              for backup in remote_backups(c, program, dest, env, action)}
+    return offsite.copy_outcome(missing, sizes, listed, copy.stderr)
 
 
 @task(help={"env": "dev, staging or prod"})
@@ -911,6 +948,37 @@ def download_verified(c, program: Path, remote: str, partial: Path, size: int,
                         " remote's")
 
 
+def fetch_into(c, program: Path, remote: str, final: Path, chosen: offsite.RemoteBackup,
+               key: bytes, action: str) -> None:
+    """Download `remote` beside `final` under a temporary name, check it (size, hash,
+    then authenticated: status and prune would count a damaged file as a good backup),
+    and only then give it its final name. Under the env's lock."""
+    day = ensure_private_dir(final.parent)
+    partial = day / retention.partial_name(chosen.stamp)
+    try:
+        download_verified(c, program, remote, partial, chosen.size, action)
+        damage = verify_file(key, partial)
+        if damage:
+            raise UserError(f"{action} refused: {remote} is damaged ({damage}): not kept;"
+                            f" check the other copies with: invoke backup.verify"
+                            f" {final.parent.parent.name} --offsite --all")
+        publish(partial, final, action)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        remove_if_empty(day)
+        raise
+
+
+def fetch_key(action: str) -> bytes:
+    """The master key, which fetch needs to authenticate a download before keeping it."""
+    try:
+        return require_key()
+    except UserError as error:
+        raise UserError(f"{action}: needs the master key to check the download before"
+                        f" keeping it ({error.message.removeprefix('refusing to run: ')})") \
+            from None
+
+
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
@@ -932,18 +1000,11 @@ def fetch(c, env, which):
                             " not overwritten (move it aside to fetch this one)")
         print(final)
         return
+    key = fetch_key(action)
     with os_errors_reported(action), stop_on_signal(f"{action} (nothing was kept)"), \
             env_lock(env, action):
-        day = ensure_private_dir(final.parent)
-        partial = day / retention.partial_name(chosen.stamp)
-        try:
-            download_verified(c, program, dest.backup_path(env, chosen.relative), partial,
-                              chosen.size, action)
-            publish(partial, final, action)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            remove_if_empty(day)
-            raise
+        fetch_into(c, program, dest.backup_path(env, chosen.relative), final, chosen, key,
+                   action)
     print(final)
 
 
@@ -1030,6 +1091,7 @@ def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHED
                   f" systemctl --user enable --now {timer}")
         print("dry run: nothing written")
         return
+    install.prepare_schedule_dir(files[0].path.parent, action)
     install.prepare_log(env, action)
     for file in files:
         install.write_atomically(file, action)

@@ -49,6 +49,12 @@ def backup_root() -> Path:
     configured = os.environ.get("CARABASE_BACKUP_DIR")
     if not configured:
         return Path.home() / ".carabase" / "backups"
+    if configured != configured.strip() or any(ord(char) < 0x20 or ord(char) == 0x7f
+                                               for char in configured):
+        # "/srv/backups " is another folder than "/srv/backups": a second tree, silently.
+        raise UserError(f"CARABASE_BACKUP_DIR has a space, tab or control character at its"
+                        f" start or end, or a control character inside: {configured!r};"
+                        " set it to the folder's path alone")
     root = Path(configured).expanduser()
     if not root.is_absolute():  # it would follow the current directory around
         raise UserError(f"CARABASE_BACKUP_DIR must be an absolute path, not {configured!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +175,37 @@ def schedule_files(env: str, platform: str, action: str,
     return [ScheduleFile(systemd_user_dir() / name, text.encode()) for name, text in units.items()]
 
 
+def prepare_schedule_dir(directory: Path, action: str) -> None:
+    """Create `directory` and its missing parents 0700 whatever the umask (under umask
+    000 mkdir would make them 0777); refuse one that another user could write to, or
+    whose parents they could: they could replace the job and run code as you."""
+    try:
+        for folder in (*reversed(directory.parents), directory):
+            if not folder.exists():
+                folder.mkdir(mode=0o700)
+                folder.chmod(0o700)  # the umask may have taken bits from 0700 too
+        home = Path.home()
+        for folder in (directory, *directory.parents):
+            if folder == home:
+                break
+            found = folder.stat()
+            if found.st_mode & stat.S_ISVTX:  # /tmp: others may not rename what is ours
+                continue
+            if found.st_mode & 0o022 or found.st_uid not in (os.getuid(), 0):
+                raise UserError(
+                    f"{action} refused: others may write to {folder} (mode"
+                    f" {stat.S_IMODE(found.st_mode):04o}) and could replace the job:"
+                    f" chmod go-w {folder}" + ("" if found.st_uid == os.getuid() else
+                                               ", and make it yours (chown)"))
+    except OSError as error:
+        raise UserError(f"{action}: cannot create {directory}: {error.strerror or error}") \
+            from None
+
+
 def write_atomically(file: ScheduleFile, action: str) -> None:
     """Replace `file.path` in one step: a reader sees the old file or the new, whole."""
     partial = file.path.with_name(f".{file.path.name}.{os.getpid()}.tmp")
     try:
-        file.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
         try:
             os.fchmod(fd, file.mode)

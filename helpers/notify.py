@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 from helpers import crypto
 from helpers.errors import UserError
 
-TIMEOUT = 10.0  # seconds per try
+# Each ping, all its tries together, ends within TIMEOUT seconds whatever the server
+# does (a server that trickles a byte a second would hold a per-read timeout forever):
+# a night's two pings cost it 20 s at most.
+TIMEOUT = 10.0  # seconds per ping, every try included
 TRIES = 3
-RETRY_PAUSE = 1.0  # seconds between tries (never longer than the timeout)
-# Only for tests, which need a dead endpoint to cost less than 3 x 10 s.
+RETRY_PAUSE = 1.0  # seconds between tries (at most half of a try's share)
+# Only for tests, which need a dead endpoint to cost less than 10 s.
 TIMEOUT_VARIABLE = "CARABASE_NOTIFY_TIMEOUT"
 SIGNALS = {"start": "/start", "success": "", "fail": "/fail"}
 
@@ -83,33 +86,87 @@ def timeout(environ: Mapping[str, str] = os.environ) -> float:
 def ping(url: str, signal: str, body: str = "", *, seconds: float | None = None,
          tries: int = TRIES) -> str | None:
     """POST `body` to the URL of `signal` (start, success or fail); None when it was
-    received, else one line saying why not, naming only the host. Never raises."""
-    import urllib.error  # here, not at the top: only nightly pings, and it costs startup
-    import urllib.request
+    received, else one line saying why not, naming only the host. Never raises, and
+    returns within `seconds` (TIMEOUT) whatever the server does: each try gets an even
+    share of what is left."""
+    import urllib.request  # here, not at the top: only nightly pings, and it costs startup
 
     seconds = timeout() if seconds is None else seconds
     request = urllib.request.Request(
         url + SIGNALS[signal], data=body.encode("utf-8", "replace"), method="POST",
         headers={"Content-Type": "text/plain; charset=utf-8", "User-Agent": "carabase-backup"})
+    deadline = time.monotonic() + seconds
     reason, attempts = "not sent", 0
     while attempts < tries:
+        share = (deadline - time.monotonic()) / (tries - attempts)
         if attempts:
-            time.sleep(min(RETRY_PAUSE, seconds))
+            time.sleep(min(RETRY_PAUSE, share / 2))
+            share = (deadline - time.monotonic()) / (tries - attempts)
+        if share <= 0:
+            break
         attempts += 1
-        try:
-            with urllib.request.urlopen(request, timeout=seconds) as response:
-                response.read(1024)
+        reason, retry = _try_once(request, share)
+        if reason is None:
             return None
-        except urllib.error.HTTPError as error:
-            reason = f"HTTP {error.code}"
-            if error.code < 500:  # the server understood and said no: asking again won't help
-                break
-        except urllib.error.URLError as error:
-            reason = _describe(error.reason)
-        except Exception as error:  # a ping must never end the job
-            reason = _describe(error)
+        if not retry:
+            break
     tried = f" after {attempts} tries" if attempts > 1 else ""
     return f"{signal} ping to {host_of(url)} failed{tried}: {reason}"
+
+
+def _try_once(request, seconds: float) -> tuple[str | None, bool]:
+    """One POST that ends within `seconds`: (None, _) when the server took it, else
+    (why not, whether another try may help). A timer shuts the connection's socket down
+    at the deadline, which ends any read or write in progress."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    opened: list = []
+    cut = threading.Event()
+
+    def shut_down() -> None:
+        cut.set()
+        for connection in opened:
+            if connection.sock is not None:
+                try:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # closed already
+                    pass
+
+    opener = urllib.request.build_opener(_recording(urllib.request.HTTPHandler, opened),
+                                         _recording(urllib.request.HTTPSHandler, opened))
+    watchdog = threading.Timer(seconds, shut_down)
+    watchdog.start()
+    try:
+        with opener.open(request, timeout=seconds) as response:
+            try:
+                response.read(1024)
+            except Exception:  # the status line said the ping was taken: that is enough
+                pass
+        return None, False
+    except urllib.error.HTTPError as error:
+        # The server understood and said no (4xx): asking again won't help.
+        return f"HTTP {error.code}", error.code >= 500
+    except urllib.error.URLError as error:
+        return ("timed out" if cut.is_set() else _describe(error.reason)), True
+    except Exception as error:  # a ping must never end the job
+        return ("timed out" if cut.is_set() else _describe(error)), True
+    finally:
+        watchdog.cancel()
+
+
+def _recording(handler: type, opened: list) -> type:
+    """`handler` (urllib's HTTP or HTTPS handler), keeping each connection it opens in
+    `opened`, so that the watchdog can reach its socket."""
+    class Recording(handler):
+        def do_open(self, http_class, req, **kwargs):
+            def connection(*args, **connection_kwargs):
+                made = http_class(*args, **connection_kwargs)
+                opened.append(made)
+                return made
+            return super().do_open(connection, req, **kwargs)
+    return Recording
 
 
 def _describe(error: object) -> str:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from helpers import retention
-from helpers.config import env_dir
+from helpers.config import backup_root, env_dir
 from helpers.errors import UserError
 from helpers.freshness import FRESH_FOR, SEVERITY, STALE_AFTER, Freshness, utc_text
 
@@ -74,6 +74,7 @@ def destination() -> Destination | None:
     if not text:
         return None
     if text.startswith("/"):
+        refuse_the_local_tree(text)
         return Destination(text.rstrip("/") or "/", None)
     match = _REMOTE.match(text)
     if match is None or "," in match.group(1):
@@ -86,6 +87,17 @@ def destination() -> Destination | None:
             " RCLONE_CONFIG_<NAME>_* variables), never with parameters inline"
         )
     return Destination(text.rstrip("/") if not text.endswith(":/") else text, match.group(1))
+
+
+def refuse_the_local_tree(folder: str) -> None:
+    """A folder destination must not be the backup tree or inside it: every backup would
+    count as off-site already, and one disk would hold both copies."""
+    root = Path(os.path.realpath(backup_root()))
+    where = Path(os.path.realpath(folder))
+    if where == root or root in where.parents:
+        raise UserError(f"CARABASE_OFFSITE {folder} is the local backup tree {root} or inside"
+                        " it, so nothing would be off-site: point it at another disk, a NAS"
+                        " or an rclone remote")
 
 
 def require_destination(action: str) -> Destination:
@@ -216,12 +228,6 @@ def log_entries(stderr: str) -> list[dict]:
     return entries
 
 
-def copied_objects(stderr: str) -> list[str]:
-    """The paths rclone's JSON log says it copied ("Copied (new)", "(replaced ...)")."""
-    return [entry.get("object", "") for entry in log_entries(stderr)
-            if str(entry.get("msg", "")).startswith("Copied (")]
-
-
 _CHECKED = re.compile(r"^(size|[a-z0-9]+) = \S+ OK$")
 
 
@@ -258,33 +264,36 @@ def size_mismatches(sizes: dict[str, int], remote: dict[str, RemoteBackup]) -> d
 
 @dataclass
 class CopyOutcome:
-    """What rclone's log says of a copy of some files, file by file."""
+    """What a copy of some files achieved, file by file."""
 
-    confirmed: dict[str, list[str]]  # path: the hashes checked besides the size
+    confirmed: dict[str, list[str]]  # path: the hashes rclone checked besides the size
     failed: dict[str, str]  # path: why it is not (known to be) off-site
-    reported: bool  # rclone named a file it failed on (else a failure is the command's)
 
 
-def copy_outcome(missing: list[str], stderr: str) -> CopyOutcome:
-    """Each of `missing` copied and confirmed (at least its size checked after the
-    upload), or failed with the reason; an error a later attempt (rclone's --retries)
-    made good is no failure."""
-    copied = [path for path in copied_objects(stderr) if path in missing]
-    failed = {path: reason for path, reason in failed_objects(stderr).items()
-              if path in missing and path not in copied}
-    reported = bool(failed)
+def copy_outcome(missing: list[str], sizes: dict[str, int], listed: dict[str, RemoteBackup],
+                 stderr: str) -> CopyOutcome:
+    """Each of `missing` confirmed when the remote's listing taken after the copy
+    (`listed`) shows it with its local size, else failed with rclone's error about it.
+    Judged from the listing and the JSON log's fields (level, object), never from the
+    wording of rclone's messages, which changes ("Multi-thread Copied (new)" past
+    --multi-thread-cutoff); an error a later attempt (--retries) made good is no
+    failure. The hashes are what rclone's DEBUG lines say it compared: for the report."""
+    errors = {path: reason for path, reason in failed_objects(stderr).items()
+              if path in missing}
     checked = verified_objects(stderr)
-    confirmed = {}
-    for path in copied:
-        done = checked.get(path, set())
-        if "size" in done:
-            confirmed[path] = sorted(done - {"size"})
-        else:
-            failed.setdefault(path, "rclone did not confirm the size of the copy")
+    confirmed, failed = {}, {}
     for path in missing:
-        if path not in confirmed and path not in failed:
+        there = listed.get(path)
+        if there is not None and there.size == sizes[path]:
+            confirmed[path] = sorted(checked.get(path, set()) - {"size"})
+        elif path in errors:
+            failed[path] = errors[path]
+        elif there is not None:
+            failed[path] = (f"the off-site copy has {there.size} bytes, not {sizes[path]}:"
+                            " check both with backup.verify")
+        else:
             failed[path] = "rclone did not copy it"
-    return CopyOutcome(confirmed, failed, reported)
+    return CopyOutcome(confirmed, failed)
 
 
 _HINTS = (

@@ -11,13 +11,16 @@ from helpers.errors import UserError
 
 
 def prune_backups(env: str, dry_run: bool) -> None:
-    backups = tree.list_backups(env)
+    backups, others = tree.scan_backups(env)
+    delete_word = "would delete" if dry_run else "delete"
+    width = len(delete_word)
+    for path, kind in others:  # never backups: docs/retention.md
+        print(f"{'skip':<{width}}  {path.parent.name}/{path.name}  {kind}, not a backup:"
+              " left alone")
     if not backups:
         print(f"{env}: no backups, nothing to prune")
         return
     decided = retention.plan([stamp for stamp, _ in backups], datetime.now(timezone.utc))
-    delete_word = "would delete" if dry_run else "delete"
-    width = len(delete_word)
     for stamp, path in backups:  # oldest first
         label = f"{path.parent.name}/{path.name}"
         if stamp in decided.keep:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -53,19 +54,44 @@ def not_a_directory(env: str) -> str | None:
 
 
 def list_backups(env: str) -> list[tuple[datetime, Path]]:
-    """Every backup of `env` as (UTC start time, path), oldest first. Names only."""
-    found = []
+    """Every backup of `env` as (UTC start time, path), oldest first: the regular files
+    with a backup's name in their own date directory."""
+    return scan_backups(env)[0]
+
+
+def not_backups(env: str) -> list[tuple[Path, str]]:
+    """What has a backup's name in a date directory but is not a regular file (a
+    symlink, a folder...), as (path, what it is): never counted, pruned or restored."""
+    return scan_backups(env)[1]
+
+
+def scan_backups(env: str) -> tuple[list[tuple[datetime, Path]], list[tuple[Path, str]]]:
+    found, others = [], []
     root = env_dir(env)
     if not root.is_dir():
-        return found
+        return found, others
     for day in date_dirs(root):
         for entry in day.iterdir():
             stamp = retention.parse_backup_name(entry.name)
-            # A copy filed under another day (or a folder of its own) is the user's.
-            if stamp is not None and retention.date_dir_name(stamp) == day.name \
-                    and entry.is_file():
+            # A copy filed under another day is the user's.
+            if stamp is None or retention.date_dir_name(stamp) != day.name:
+                continue
+            # lstat: a symlink named like a backup (to /etc/passwd, say) must never become
+            # a keeper in place of the real backup of its day.
+            mode = entry.lstat().st_mode
+            if stat.S_ISREG(mode):
                 found.append((stamp, entry))
-    return sorted(found)
+            else:
+                others.append((entry, kind_of(mode)))
+    return sorted(found), sorted(others)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 def date_dirs(root: Path) -> list[Path]:

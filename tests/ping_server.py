@@ -65,3 +65,51 @@ def silent_endpoint():
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@contextmanager
+def trickling_endpoint(interval: float, response_bytes: int = 10_000):
+    """A server that reads each request, then answers 200 one byte every `interval`
+    seconds (a header line padded to `response_bytes`): never silent long enough for a
+    per-read timeout to fire. Yields its base URL and the list of request paths."""
+    paths: list[str] = []
+    stop = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * response_bytes + b"\r\n"
+    answer = head + b"Content-Length: 2\r\n\r\nOK"
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request and not stop.is_set():
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            paths.append(request.split(b" ", 2)[1].decode())
+            for byte in answer:
+                if stop.wait(interval):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:  # the client gave up
+                    return
+
+    def accept(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        thread = threading.Thread(target=accept, args=(listener,), daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}", paths
+        finally:
+            stop.set()
+            listener.shutdown(socket.SHUT_RDWR)
+    thread.join(5)

@@ -1,6 +1,7 @@
 """What the tests share: running invoke as a user types it, and a clean environment."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shlex
@@ -92,3 +93,22 @@ def wait_for(condition, what: str, timeout: float = 60):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """`path` read-only for the duration, for root too (which ignores mode bits): a
+    read-only bind mount of it over itself. Skips the test where mounting is not
+    permitted (no root, no CAP_SYS_ADMIN in a container)."""
+    import pytest
+
+    mounted = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount {path} read-only here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True,
+                       capture_output=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, capture_output=True)

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,20 @@ def test_backup_finds_a_key_file_named_with_an_unexpanded_tilde(dev_environ, hom
 
 
 # --- a file where a directory should be ---------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [" ", "\n", "\t"], ids=["space", "newline", "tab"])
+def test_a_backup_dir_with_trailing_whitespace_is_refused_and_no_second_tree_appears(
+        dev_environ, backup_dir, suffix):
+    environ = {**dev_environ, "CARABASE_BACKUP_DIR": str(backup_dir) + suffix}
+    for args in (["backup.dev"], ["backup.status"], ["backup.prune", "dev"]):
+        result = run_invoke(*args, env=environ)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            "CARABASE_BACKUP_DIR has a space, tab or control character at its start or end,"
+            f" or a control character inside: {str(backup_dir) + suffix!r}; set it to the"
+            " folder's path alone"]
+    assert not backup_dir.exists() and not Path(str(backup_dir) + suffix).exists()
 
 
 def test_status_and_prune_say_the_backup_dir_is_a_file(environ, backup_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.backup_tree import seed_old_backups
-from tests.ping_server import closed_port, ping_server, silent_endpoint
+from tests.ping_server import closed_port, ping_server, silent_endpoint, trickling_endpoint
 from tests.support import run_invoke, write_script
 
 CHECK = "3c9e51f0-7b2a-4e8d-a6c1-secret-check"
@@ -155,6 +155,32 @@ def test_notify_endpoint_with_nothing_listening_changes_nothing(
                              "CARABASE_NOTIFY_TIMEOUT": "0.2"})  # shortens the retry pauses
     assert result.returncode == 1
     assert "fail ping to 127.0.0.1 failed after 3 tries: Connection refused" in result.stderr
+    assert CHECK not in result.stdout + result.stderr
+
+
+def test_a_monitor_that_trickles_its_answer_costs_the_night_each_pings_deadline_only(
+        failing_environ, tmp_path):
+    # A byte every 0.1 s: no read ever waits the 0.6 s a try may take, so only a deadline
+    # on the whole ping ends it (the whole answer takes 19 s).
+    deadline = 1.5
+    environ = {**failing_environ, "CARABASE_NOTIFY_TIMEOUT": str(deadline)}
+    started = time.monotonic()
+    baseline = run_invoke("backup.nightly", "dev", env=environ)
+    unnotified = time.monotonic() - started
+    with trickling_endpoint(interval=0.1, response_bytes=150) as (base, paths):
+        url_file = notify_file(tmp_path, f"{base}/{CHECK}")
+        started = time.monotonic()
+        result = run_invoke("backup.nightly", "dev",
+                            env={**environ, "CARABASE_NOTIFY_URL_FILE": str(url_file)})
+        elapsed = time.monotonic() - started
+    assert result.returncode == baseline.returncode == 1
+    assert f"backup dev failed: {PG_DUMP_ERROR}" in result.stderr  # the backup did run
+    assert "nightly dev: start ping to 127.0.0.1 failed after 3 tries: timed out" \
+        in result.stderr
+    assert "nightly dev: fail ping to 127.0.0.1 failed after 3 tries: timed out" \
+        in result.stderr
+    assert paths == [f"/{CHECK}/start"] * 3 + [f"/{CHECK}/fail"] * 3
+    assert elapsed < unnotified + 2 * deadline + 1.5
     assert CHECK not in result.stdout + result.stderr
 
 

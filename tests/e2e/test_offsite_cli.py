@@ -124,6 +124,32 @@ def test_a_backup_lands_off_site_and_the_remote_copy_decrypts_to_the_same_dump(
     assert line.startswith("[dev    ] PASS ") and line.endswith(f" offsite={stamp}")
 
 
+def test_a_backup_over_rclones_multi_thread_cutoff_is_copied_recorded_and_passes(
+        dev_environ, remote, rclone_config, tmp_path):
+    # The cutoff is 256 MiB by default; lowered here so that a small backup crosses it.
+    environ = offsite_environ(dev_environ, remote.dest, rclone_config,
+                              RCLONE_MULTI_THREAD_CUTOFF="1k")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.bin").write_bytes(os.urandom(4096))
+    rclone_log = subprocess.run(
+        [rclone(), "copy", "--use-json-log", "-v", str(probe), f"{remote.dest}-probe"],
+        env=environ, capture_output=True, text=True, timeout=60).stderr
+    assert "Multi-thread Copied (new)" in rclone_log  # the case this test is about
+
+    result = run_invoke("backup.dev", env=environ)
+    assert result.returncode == 0, result.stderr
+    local = Path(result.stdout.split(" wrote ", 1)[1].split(" (", 1)[0])
+    assert local.stat().st_size > 1024
+    name = relative(retention.parse_backup_name(local.name))
+    assert (remote.root / "dev" / name).read_bytes() == local.read_bytes()
+    status = json.loads(run_invoke("backup.status", "--json", env=environ).stdout)
+    dev = next(entry for entry in status["envs"] if entry["env"] == "dev")
+    assert dev["status"] == "PASS"
+    assert dev["offsite"]["latest"] == retention.parse_backup_name(local.name).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_a_failed_copy_keeps_the_backup_and_says_how_to_retry(dev_environ, tmp_path, s3,
                                                                remote):
     config = write_config(tmp_path / "bad.conf", s3.config("s3test", secret="wrong" * 8))
@@ -224,6 +250,25 @@ def test_push_to_a_folder_remote(environ, backup_dir, folder_remote):
     status = run_invoke("backup.status", env=environ)
     assert status.stdout.splitlines()[2].endswith(
         f" offsite={newest.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+
+
+@pytest.mark.parametrize("where", ["the tree", "inside it", "a symlink to it"])
+def test_a_folder_destination_that_is_the_local_tree_is_refused_by_push_and_status(
+        environ, backup_dir, tmp_path, where):
+    random_backup(backup_dir / "dev", ago(HOUR))
+    dest = {"the tree": backup_dir, "inside it": backup_dir / "offsite",
+            "a symlink to it": tmp_path / "looks-elsewhere"}[where]
+    if where == "a symlink to it":
+        dest.symlink_to(backup_dir)
+    environ = offsite_environ(environ, str(dest))
+    before = offsite_files(backup_dir)
+    for args in (["backup.push", "dev"], ["backup.status"]):
+        result = run_invoke(*args, env=environ)
+        assert result.returncode == 1
+        assert one_line(result.stderr) == (
+            f"CARABASE_OFFSITE {dest} is the local backup tree {backup_dir} or inside it, so"
+            " nothing would be off-site: point it at another disk, a NAS or an rclone remote")
+    assert offsite_files(backup_dir) == before
 
 
 def test_a_folder_destination_that_does_not_exist_is_never_created(environ, backup_dir,
@@ -451,6 +496,43 @@ def test_fetch_then_restore_on_a_second_clone_rebuilds_the_database(
                               stdin=subprocess.DEVNULL, timeout=120)
     assert restored.returncode == 0, restored.stderr
     assert snapshot(pg, target) == snapshot(pg, source_db)
+
+
+def test_fetch_of_a_damaged_copy_keeps_nothing_and_status_counts_no_backup(
+        s3_environ, backup_dir, remote, key_file):
+    environ = {**s3_environ, "HOST_MASTER_KEY_FILE": str(key_file)}
+    stamp = ago(HOUR)
+    random_backup(backup_dir / "dev", stamp)  # a backup's name, bytes no key opens
+    assert run_invoke("backup.push", "dev", env=environ).returncode == 0
+    (backup_dir / "dev" / relative(stamp)).unlink()
+    (backup_dir / "dev" / ".offsite.json").unlink()
+
+    result = run_invoke("backup.fetch", "dev", "latest", env=environ)
+
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(f"fetch dev refused: {remote.dest}/dev/{relative(stamp)} is damaged")
+    assert line.endswith("not kept; check the other copies with: invoke backup.verify dev"
+                         " --offsite --all")
+    assert {path.name for path in (backup_dir / "dev").rglob("*") if path.is_file()} \
+        == {".lock"}
+    status = run_invoke("backup.status", env={**environ, "CARABASE_ENVS": "dev"})
+    assert status.stdout.startswith("[dev    ] FAIL no backups")
+
+
+def test_fetch_without_the_key_says_it_needs_it_and_downloads_nothing(
+        s3_environ, backup_dir, remote):
+    stamp = ago(HOUR)
+    random_backup(backup_dir / "dev", stamp)
+    assert run_invoke("backup.push", "dev", env=s3_environ).returncode == 0
+    (backup_dir / "dev" / relative(stamp)).unlink()
+
+    result = run_invoke("backup.fetch", "dev", "latest", env=s3_environ)
+
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith(
+        "fetch dev: needs the master key to check the download before keeping it (")
+    assert not (backup_dir / "dev" / relative(stamp)).exists()
 
 
 def test_fetch_of_an_unknown_stamp_lists_the_newest(s3_environ, backup_dir, remote):

@@ -94,6 +94,23 @@ def test_status_json_prints_one_object_for_a_health_endpoint(environ, backup_dir
         == {"env": "prod", "status": "FAIL", "latest": None, "age_hours": None, "path": None}
 
 
+def test_status_counts_no_symlink_named_like_a_fresh_backup(environ, backup_dir, tmp_path):
+    old = write_backup(backup_dir / "dev", ago(100 * HOUR))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"\0" * 4096)
+    fresh = backup_dir / "dev" / retention.date_dir_name(ago(HOUR)) / \
+        retention.backup_name(ago(HOUR))
+    fresh.parent.mkdir(exist_ok=True)
+    fresh.symlink_to(elsewhere)
+    result = run_invoke("backup.status", "--json", env={**environ, "CARABASE_ENVS": "dev"})
+    assert result.returncode == 2
+    dev = json.loads(result.stdout)["envs"][0]
+    assert dev["status"] == "FAIL" and dev["path"] == str(old)
+    assert result.stderr.splitlines() == [
+        f"status: {fresh} has a backup's name but is a symbolic link: not counted as a"
+        " backup"]
+
+
 def test_status_needs_no_key(environ, backup_dir):
     assert "HOST_MASTER_KEY" not in environ and "HOST_MASTER_KEY_FILE" not in environ
     for env in ("dev", "staging", "prod"):
@@ -163,6 +180,24 @@ def test_prune_applies_retention_and_leaves_everything_else_alone(environ, backu
     # A second run finds nothing more to delete.
     again = run_invoke("backup.prune", "dev", env=environ)
     assert again.stdout.splitlines()[-1] == "dev: kept 14, deleted 0"
+
+
+def test_prune_keeps_the_real_backup_of_a_day_over_a_symlink_named_like_a_later_one(
+        environ, backup_dir, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    day = ago(100 * DAY).replace(hour=1)
+    genuine = write_backup(backup_dir / "dev", day)
+    impostor = genuine.with_name(retention.backup_name(day + HOUR))
+    impostor.symlink_to(passwd)  # newer that day: it would be the month's keeper
+    newest = write_backup(backup_dir / "dev", ago(HOUR))
+    result = run_invoke("backup.prune", "dev", env=environ)
+    assert result.returncode == 0, result.stderr
+    assert genuine.exists() and newest.exists()
+    assert impostor.is_symlink() and passwd.read_text().startswith("root:")
+    label = f"{impostor.parent.name}/{impostor.name}"
+    assert f"skip    {label}  a symbolic link, not a backup: left alone" in result.stdout
+    assert result.stdout.splitlines()[-1] == "dev: kept 2, deleted 0"
 
 
 def test_prune_of_an_unknown_env_fails_with_one_clear_line(environ, backup_dir):

@@ -15,10 +15,12 @@ import pytest
 from helpers import swap
 from tests.e2e.real_schemas import (LARGE_OBJECTS_SQL, MANY_TABLES_SQL, available_extensions,
                                     features_sql, full_snapshot)
+from tests.backup_tree import files_under
 from tests.e2e.test_faults import start_invoke
 from tests.pg import PgServer
 from tests.sample_db import VARIED_SCHEMA, snapshot
-from tests.support import clean_environ, run_invoke, seal_backup, take_backup, wait_for
+from tests.support import (clean_environ, read_only, run_invoke, seal_backup, take_backup,
+                           wait_for)
 
 
 def databases_like(pg, target: str) -> list[str]:
@@ -161,6 +163,27 @@ def test_undo_restore_brings_back_exactly_the_replaced_contents_and_undo_again_r
     redo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
     assert redo.returncode == 0, redo.stderr
     assert full_snapshot(pg, source_db) == restored
+
+
+def test_a_read_only_backup_tree_restores_and_undoes_and_other_writes_fail_in_one_line(
+        pg, dev_environ, source_db, varied_backup, database_factory, backup_dir):
+    replaced = full_snapshot(pg, source_db)
+    files = files_under(backup_dir)
+    with read_only(backup_dir):  # a backup disk mounted read-only for a recovery
+        restored = restore(dev_environ, "dev", varied_backup)
+        assert restored.returncode == 0, restored.stderr
+        database_factory.adopt(swap.undo_name(source_db))
+        assert "added_after" not in str(full_snapshot(pg, source_db))
+
+        undo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+        assert undo.returncode == 0, undo.stderr
+        assert full_snapshot(pg, source_db) == replaced
+
+        backup = run_invoke("backup.dev", env=dev_environ)
+        assert backup.returncode == 1
+        assert backup.stderr.strip().splitlines() == [
+            f"backup dev failed: {backup_dir / 'dev' / '.lock'}: Read-only file system"]
+    assert files_under(backup_dir) == files
 
 
 def test_undo_restore_of_an_env_never_restored_says_there_is_no_restore_to_undo(
@@ -507,6 +530,29 @@ def test_role_without_createdb_gets_a_one_line_refusal_then_in_place_works(
     assert in_place.returncode == 0, in_place.stderr
     assert snapshot(pg, source_db) == expected
     assert databases_like(pg, source_db) == [source_db]
+    assert in_place.stdout.splitlines()[-1] == \
+        "restore into dev: applied in place: there is no undo copy"
+
+
+def test_after_an_in_place_restore_the_message_names_the_older_undo_copy_undo_brings_back(
+        pg, dev_environ, source_db, varied_backup, database_factory):
+    first_replaced = full_snapshot(pg, source_db)
+    assert restore(dev_environ, "dev", varied_backup).returncode == 0
+    database_factory.adopt(swap.undo_name(source_db))
+    pg.psql(source_db, "create table after_first_restore (id int);")
+
+    in_place = restore(dev_environ, "dev", varied_backup, "--in-place")
+
+    assert in_place.returncode == 0, in_place.stderr
+    line = in_place.stdout.splitlines()[-1]
+    assert line.startswith("restore into dev: applied in place: no copy of what it replaced"
+                           f" was kept; undo-restore dev would bring back"
+                           f" {swap.undo_name(source_db)} (")
+    assert line.endswith("), the copy an earlier restore kept, and replace this restore's"
+                         " result")
+    undo = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
+    assert undo.returncode == 0, undo.stderr
+    assert full_snapshot(pg, source_db) == first_replaced  # as the message said
 
 
 # --- also fixed -------------------------------------------------------------------------

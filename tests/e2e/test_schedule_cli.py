@@ -395,6 +395,39 @@ def test_launch_agents_folder_that_cannot_be_written_fails_with_one_line(setup, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("platform, schedule_dir", [("launchd", "Library/LaunchAgents"),
+                                                    ("systemd", UNIT_DIR)])
+def test_under_umask_000_the_folders_made_are_0700_and_the_job_files_0644(
+        platform, schedule_dir, setup, managers, home, backup_dir):
+    result = run_invoke("backup.install-cron", "dev", "--platform", platform, env=setup,
+                        umask=0)
+    assert result.returncode == 0, result.stderr
+    made = [home / schedule_dir, *(home / schedule_dir).parents]
+    for folder in made[:made.index(home)]:
+        assert mode_of(folder) == 0o700, folder
+    assert [mode_of(path) for path in (home / schedule_dir).iterdir()] \
+        == [0o644] * (1 if platform == "launchd" else 2)
+    assert mode_of(backup_dir / "dev") == 0o700
+    assert mode_of(backup_dir / "dev" / "cron.log") == 0o600
+
+
+@pytest.mark.parametrize("platform, schedule_dir", [("launchd", "Library/LaunchAgents"),
+                                                    ("systemd", UNIT_DIR)])
+@pytest.mark.parametrize("shared", ["schedule folder", "its parent"])
+def test_a_schedule_folder_others_may_write_to_is_refused_naming_the_chmod(
+        platform, schedule_dir, shared, setup, managers, home, backup_dir):
+    folder = home / schedule_dir
+    folder.mkdir(parents=True)
+    loose = folder if shared == "schedule folder" else folder.parent
+    loose.chmod(0o777)
+    result = run_invoke("backup.install-cron", "dev", "--platform", platform, env=setup)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"install-cron dev refused: others may write to {loose} (mode 0777) and could"
+        f" replace the job: chmod go-w {loose}"]
+    assert list(folder.iterdir()) == [] and not backup_dir.exists()
+
+
 @pytest.mark.parametrize("platform, warned", [("launchd", True), ("systemd", False)])
 def test_backups_inside_documents_are_warned_about_for_launchd_only(
         platform, warned, setup, home):

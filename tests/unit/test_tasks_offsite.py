@@ -24,6 +24,12 @@ def copy_log(path: str) -> str:
         {"level": "info", "msg": "Copied (new)", "object": path}))
 
 
+def listing_of(path: str, size: int) -> str:
+    """What `rclone lsjson -R --files-only` prints for one file."""
+    return json.dumps([{"Path": path, "Name": path.rsplit("/", 1)[1], "Size": size,
+                        "IsDir": False}])
+
+
 def test_push_copies_the_exact_files_listed_with_credentials_out_of_argv(
         monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "it's here"))
@@ -33,14 +39,16 @@ def test_push_copies_the_exact_files_listed_with_credentials_out_of_argv(
     backup = tmp_path / "it's here" / "dev" / RELATIVE
     backup.parent.mkdir(parents=True)
     backup.write_bytes(b"12345")
-    context = MockContext(run=[Result("[]"), Result(stderr=copy_log(RELATIVE))])
+    context = MockContext(run=[Result("[]"), Result(stderr=copy_log(RELATIVE)),
+                               Result(listing_of(RELATIVE, 5))])
     monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
 
     tasks.push_backups(context, "dev", [(STAMP, backup)], "push dev")
 
-    (listing, _), (copy, options) = [call.args and (call.args[0], call.kwargs)
-                                     for call in context.run.call_args_list]
-    assert listing == "umask 077; /opt/rclone lsjson -R --files-only b2:bucket/carabase/dev"
+    (listing, _), (copy, options), (after, _) = [call.args and (call.args[0], call.kwargs)
+                                                 for call in context.run.call_args_list]
+    assert listing == after == \
+        "umask 077; /opt/rclone lsjson -R --files-only b2:bucket/carabase/dev"
     assert copy.startswith(f"umask 077; set -o pipefail; printf '%s\n' {RELATIVE}"
                            " | /opt/rclone copy --ignore-existing --files-from-raw - ")
     assert "--inplace" not in copy and "--ignore-checksum" not in copy
@@ -55,14 +63,15 @@ def test_push_copies_the_exact_files_listed_with_credentials_out_of_argv(
     assert record["latest"] == "2026-04-09T03:17:00Z"
 
 
-def test_a_copy_rclone_did_not_confirm_counts_as_failed(monkeypatch, tmp_path, capsys):
+def test_a_copy_the_listing_after_it_does_not_show_counts_as_failed(monkeypatch, tmp_path,
+                                                                    capsys):
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
     monkeypatch.setenv("CARABASE_OFFSITE", "/nas")
     backup = tmp_path / "dev" / RELATIVE
     backup.parent.mkdir(parents=True)
     backup.write_bytes(b"12345")
-    unconfirmed = json.dumps({"level": "info", "msg": "Copied (new)", "object": RELATIVE})
-    context = MockContext(run=[Result("[]"), Result(stderr=unconfirmed)])
+    claimed = json.dumps({"level": "info", "msg": "Copied (new)", "object": RELATIVE})
+    context = MockContext(run=[Result("[]"), Result(stderr=claimed), Result("[]")])
     monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
     try:
         tasks.push_backups(context, "dev", [(STAMP, backup)], "push dev")
@@ -93,7 +102,8 @@ def test_an_error_that_a_retry_made_good_is_no_failure(monkeypatch, tmp_path, ca
     backup.parent.mkdir(parents=True)
     backup.write_bytes(b"12345")
     retried = json.dumps({"level": "error", "msg": "Failed to copy: reset", "object": RELATIVE})
-    context = MockContext(run=[Result("[]"), Result(stderr=retried + "\n" + copy_log(RELATIVE))])
+    context = MockContext(run=[Result("[]"), Result(stderr=retried + "\n" + copy_log(RELATIVE)),
+                               Result(listing_of(RELATIVE, 5))])
     monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
     assert tasks.push_backups(context, "dev", [(STAMP, backup)], "push dev") == 1
     assert "FAILED" not in capsys.readouterr().out
@@ -112,7 +122,9 @@ def test_push_lists_the_copied_backups_in_date_order_whatever_order_rclone_finis
         backups.append((stamp, path))
     # rclone copies in parallel: the newest, smallest backups often finish first.
     log = "\n".join(copy_log(offsite_relative(stamp)) for stamp, _ in reversed(backups))
-    context = MockContext(run=[Result("[]"), Result(stderr=log)])
+    listed = json.dumps([entry for stamp, _ in reversed(backups)
+                         for entry in json.loads(listing_of(offsite_relative(stamp), 5))])
+    context = MockContext(run=[Result("[]"), Result(stderr=log), Result(listed)])
     monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
 
     assert tasks.push_backups(context, "dev", backups, "push dev") == 3

@@ -1,6 +1,8 @@
 """Configuration: database URLs split so that no password reaches argv, the backup root."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers import config
@@ -81,6 +83,22 @@ def test_relative_backup_dir_is_refused(monkeypatch):
 
     with pytest.raises(UserError, match="absolute path"):
         config.backup_root()
+
+
+@pytest.mark.parametrize("value", [" /srv/backups", "/srv/backups\n", "/srv/back\x1bups",
+                                   "/srv/backups\u00a0", "\t"])
+def test_backup_dir_with_edge_whitespace_or_a_control_character_is_refused(monkeypatch,
+                                                                           value):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", value)
+
+    with pytest.raises(UserError, match="CARABASE_BACKUP_DIR has a space, tab or control"):
+        config.backup_root()
+
+
+def test_backup_dir_with_a_space_inside_is_a_path_like_any_other(monkeypatch):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", "/srv/my backups")
+
+    assert config.backup_root() == Path("/srv/my backups")
 
 
 # --- CARABASE_ENVS and CARABASE_LOCK_WAIT_TIMEOUT ---------------------------------------

@@ -1,6 +1,7 @@
 """install-cron's inputs and files: platform choice, where files go, atomic writes."""
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -70,11 +71,33 @@ def test_schedule_without_a_notify_url_carries_none(monkeypatch):
 
 def test_write_atomically_replaces_the_file_whole_with_its_mode(tmp_path):
     target = tmp_path / "units" / "x.timer"
+    target.parent.mkdir()
     install.write_atomically(install.ScheduleFile(target, b"old"), "install-cron dev")
     install.write_atomically(install.ScheduleFile(target, b"new", 0o600), "install-cron dev")
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(path.name for path in target.parent.iterdir()) == ["x.timer"]
+
+
+def test_schedule_folders_are_made_0700_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / ".config" / "systemd" / "user"
+    old = os.umask(0o222)  # would leave a folder made 0700 unwritable (0500)
+    try:
+        install.prepare_schedule_dir(folder, "install-cron dev")
+    finally:
+        os.umask(old)
+    modes = [stat.S_IMODE(path.stat().st_mode) for path in (folder, *folder.parents[:2])]
+    assert modes == [0o700] * 3
+
+
+def test_a_group_writable_schedule_folder_is_refused_with_the_chmod(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "Library" / "LaunchAgents"
+    folder.mkdir(parents=True)
+    folder.chmod(0o775)
+    with pytest.raises(UserError, match=f"mode 0775.*: chmod go-w {folder}$"):
+        install.prepare_schedule_dir(folder, "install-cron dev")
 
 
 def test_inline_key_refusal_suggests_a_private_directory_for_the_key_file(monkeypatch):

@@ -7,7 +7,8 @@ import pytest
 
 from helpers import notify
 from helpers.errors import UserError
-from tests.ping_server import closed_port, ping_server, silent_endpoint
+from tests.ping_server import (closed_port, ping_server, silent_endpoint,
+                               trickling_endpoint)
 
 SECRET = "0f6d3c1e-9a7b-4c55-8e21-5b1f2a9d7c40"
 URL = f"https://hc-ping.example/{SECRET}"
@@ -124,13 +125,31 @@ def test_nothing_listening_fails_fast_with_one_line_and_no_exception():
     assert time.monotonic() - started < 1  # 3 refusals and 2 short pauses
 
 
-def test_an_endpoint_that_never_answers_costs_at_most_the_timeouts():
+def test_an_endpoint_that_never_answers_costs_the_deadline_over_three_tries():
     with silent_endpoint() as base:
         started = time.monotonic()
-        problem = notify.ping(f"{base}/{SECRET}", "success", seconds=0.3)
+        problem = notify.ping(f"{base}/{SECRET}", "success", seconds=0.6)
         elapsed = time.monotonic() - started
     assert problem == "success ping to 127.0.0.1 failed after 3 tries: timed out"
-    assert 0.9 <= elapsed < 3 * 0.3 + 2 * notify.RETRY_PAUSE + 0.5
+    assert 0.5 <= elapsed < 0.6 + 0.3
+
+
+def test_an_endpoint_that_trickles_its_answer_is_cut_off_at_the_deadline():
+    # A byte every 0.05 s keeps any per-read timeout from firing; the answer would
+    # take 10 s to arrive.
+    with trickling_endpoint(interval=0.05, response_bytes=200) as (base, paths):
+        started = time.monotonic()
+        problem = notify.ping(f"{base}/{SECRET}", "start", seconds=0.9)
+        elapsed = time.monotonic() - started
+    assert problem == "start ping to 127.0.0.1 failed after 3 tries: timed out"
+    assert paths == [f"/{SECRET}/start"] * 3
+    assert 0.8 <= elapsed < 0.9 + 0.3
+
+
+def test_an_answer_that_arrives_slowly_within_the_deadline_is_a_sent_ping():
+    with trickling_endpoint(interval=0.002, response_bytes=20) as (base, paths):
+        assert notify.ping(f"{base}/{SECRET}", "success", seconds=5) is None
+    assert paths == [f"/{SECRET}"]
 
 
 def test_timeout_comes_from_the_test_variable_only_when_it_is_sensible():

@@ -57,6 +57,19 @@ def test_a_relative_folder_or_inline_parameters_are_refused(monkeypatch, text):
     assert "XYZ" not in caught.value.message and "=A" not in caught.value.message
 
 
+@pytest.mark.parametrize("inside, refused", [("", True), ("/", True), ("/dev/x", True),
+                                             ("-offsite", False)])
+def test_a_folder_destination_in_the_local_tree_is_refused(monkeypatch, tmp_path, inside,
+                                                           refused):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "tree"))
+    monkeypatch.setenv("CARABASE_OFFSITE", str(tmp_path / "tree") + inside)
+    if refused:
+        with pytest.raises(UserError, match="is the local backup tree"):
+            offsite.destination()
+    else:  # a sibling whose name starts alike is elsewhere
+        assert offsite.destination().text == str(tmp_path / "tree-offsite")
+
+
 def test_user_rclone_settings_win_over_the_defaults(monkeypatch):
     monkeypatch.setenv("RCLONE_RETRIES", "9")
     added = offsite.rclone_environment()
@@ -122,33 +135,39 @@ def log(*entries: dict) -> str:
                       *(json.dumps(item) for item in entries)])
 
 
-def test_rclone_log_tells_what_was_copied_checked_and_failed():
+def test_rclone_log_tells_what_was_checked_and_failed():
     stderr = log(
         {"level": "debug", "msg": "size = 10 OK", "object": "d/a.enc.1a2b3c4d.partial"},
         {"level": "debug", "msg": "md5 = 0123abcd OK", "object": "d/a.enc"},
         {"level": "info", "msg": "Copied (new)", "object": "d/a.enc"},
-        {"level": "info", "msg": "Copied (replaced existing)", "object": "d/b.enc"},
         {"level": "error", "msg": "Failed to copy: boom", "object": "d/c.enc"},
     )
-    assert offsite.copied_objects(stderr) == ["d/a.enc", "d/b.enc"]
     assert offsite.verified_objects(stderr) == {"d/a.enc": {"size", "md5"}}
     assert offsite.failed_objects(stderr) == {"d/c.enc": "Failed to copy: boom"}
 
 
-def test_a_copy_counts_only_once_rclone_confirmed_its_size():
+def listed(*entries: tuple[str, int]) -> dict:
+    return {path: offsite.RemoteBackup(None, path, size, {}) for path, size in entries}
+
+
+def test_a_copy_counts_when_the_listing_after_it_shows_the_file_with_its_size():
     stderr = log(
-        {"level": "debug", "msg": "size = 10 OK", "object": "d/a.enc.1a2b3c4d.partial"},
         {"level": "debug", "msg": "md5 = 0123abcd OK", "object": "d/a.enc"},
-        {"level": "info", "msg": "Copied (new)", "object": "d/a.enc"},
-        {"level": "info", "msg": "Copied (new)", "object": "d/b.enc"},  # size unconfirmed
+        # Past the multi-thread cutoff rclone words it otherwise: the words do not matter.
+        {"level": "info", "msg": "Multi-thread Copied (new)", "object": "d/b.enc"},
         {"level": "error", "msg": "Failed to copy: boom", "object": "d/c.enc"},
+        {"level": "error", "msg": "Failed to copy: reset", "object": "d/e.enc"},  # retried
     )
-    outcome = offsite.copy_outcome(["d/a.enc", "d/b.enc", "d/c.enc", "d/d.enc"], stderr)
-    assert outcome.confirmed == {"d/a.enc": ["md5"]}
-    assert outcome.failed == {"d/b.enc": "rclone did not confirm the size of the copy",
-                              "d/c.enc": "Failed to copy: boom",
-                              "d/d.enc": "rclone did not copy it"}
-    assert outcome.reported
+    missing = ["d/a.enc", "d/b.enc", "d/c.enc", "d/d.enc", "d/e.enc", "d/f.enc"]
+    sizes = dict.fromkeys(missing, 10)
+    outcome = offsite.copy_outcome(
+        missing, sizes, listed(("d/a.enc", 10), ("d/b.enc", 10), ("d/e.enc", 10),
+                               ("d/f.enc", 7)), stderr)
+    assert outcome.confirmed == {"d/a.enc": ["md5"], "d/b.enc": [], "d/e.enc": []}
+    assert outcome.failed == {
+        "d/c.enc": "Failed to copy: boom",
+        "d/d.enc": "rclone did not copy it",
+        "d/f.enc": "the off-site copy has 7 bytes, not 10: check both with backup.verify"}
 
 
 def test_a_local_copy_whose_remote_twin_differs_in_size_is_never_replaced():

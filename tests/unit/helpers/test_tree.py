@@ -18,6 +18,20 @@ def test_backups_are_found_only_in_their_own_date_directory(monkeypatch, tmp_pat
     assert [path.parent.name for _, path in tree.list_backups("dev")] == ["2026-04-09"]
 
 
+def test_only_regular_files_are_backups_and_the_rest_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    day = tmp_path / "dev" / "2026-04-09"
+    day.mkdir(parents=True)
+    real = day / "2026-04-09T010000.sql.gz.enc"
+    real.write_bytes(b"x")
+    link = day / "2026-04-09T020000.sql.gz.enc"
+    link.symlink_to(real)
+    folder = day / "2026-04-09T030000.sql.gz.enc"
+    folder.mkdir()
+    assert [path for _, path in tree.list_backups("dev")] == [real]
+    assert tree.not_backups("dev") == [(link, "a symbolic link"), (folder, "a directory")]
+
+
 def test_stale_partials_are_removed_only_from_date_directories(monkeypatch, tmp_path):
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
     partial = ".2026-04-09T031700.sql.gz.enc.partial"
