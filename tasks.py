@@ -50,7 +50,8 @@ import invoke
 from invoke import Collection, Exit
 
 from helpers import (cronlog, drill, dumproles, dumpscan, freshness, install, launchd, notify,
-                     offsite, pitr, progress, retention, schedule, swap, systemd, verify)
+                     offsite, pitr, progress, retention, schedule, settings, swap, systemd,
+                     verify)
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, parse_database_url,
@@ -70,6 +71,14 @@ from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_d
 REPO = Path(__file__).resolve().parent
 
 
+class Task(invoke.Task):
+    """invoke's Task, whose automatic short flags never take the dash of a dashed name:
+    with -i and -n taken, invoke would give --in-place the flag `-` (`--, --in-place`)."""
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, taken_names | {"-"})
+
+
 def task(*args, **kwargs):
     """invoke's @task, where a helpers UserError ends the task as invoke's Exit: its one
     line on stderr and its exit status, never a traceback."""
@@ -80,7 +89,7 @@ def task(*args, **kwargs):
                 return body(*call_args, **call_kwargs)
             except UserError as error:
                 raise Exit(error.message or None, code=error.code) from None
-        return invoke.task(*args, **kwargs)(reported)
+        return invoke.task(*args, klass=Task, **kwargs)(reported)
     return decorate
 
 
@@ -695,8 +704,9 @@ def undo_restore(c, env, yes=False, i_know=False):
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
         kept = database_identity(c, server, undo, action)
         if kept is None:
-            raise UserError(f"{action}: there is no undo copy of {target.name} ({undo}): no"
-                            " restore kept one (--no-keep), or it was undone and dropped")
+            raise UserError(f"{action}: no restore of {env} to undo: there is no undo copy"
+                            f" {undo} (none was made here, or the last restore ran with"
+                            " --no-keep or --in-place, or the copy was dropped)")
         current, sessions = probe.identity, probe.sessions
         ask(f"This puts back {env}'s database {target.uri} as it was before the last restore"
             f" (kept as {undo}, {progress.human_bytes(kept.size)}), and keeps what is there"
@@ -797,8 +807,10 @@ def drop_database(c, db: Database, force: bool = False):
 @task(help={"env": "dev, staging or prod",
             "dry-run": "print what would be kept and deleted; delete nothing"})
 def prune(c, env, dry_run=False):
-    """Apply retention to an env's backups: the last 7 days, 4 weekly, 3 monthly; then
-    the same to its off-site copies (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
+    """Delete the backups of an env that the retention rules no longer keep.
+
+    Kept: the last 7 days, 4 weekly, 3 monthly; then the same to its off-site copies
+    (CARABASE_OFFSITE, unless CARABASE_OFFSITE_PRUNE=0)."""
     root = env_dir(env)  # checks env
     misplaced = not_a_directory(env)
     if misplaced:
@@ -916,7 +928,7 @@ def push_backups(c, env: str, backups: list, action: str) -> int:
     if missing:
         outcome = copy_missing(c, program, dest, env, missing, sizes, action)
         failed.update(outcome.failed)
-        for path, kinds in outcome.confirmed.items():
+        for path, kinds in sorted(outcome.confirmed.items()):  # date order, as listed
             copied.append(path)
             hashes.update(kinds)
             how = "size and " + "/".join(kinds) if kinds else "size only: no common hash"
@@ -954,8 +966,9 @@ def copy_missing(c, program: Path, dest: offsite.Destination, env: str, missing:
 
 @task(help={"env": "dev, staging or prod"})
 def push(c, env):
-    """Copy every local backup of an env that is missing off-site, verified; never
-    replaces or deletes anything there (CARABASE_OFFSITE)."""
+    """Copy the local backups of an env that are missing off-site, verified.
+
+    Never replaces or deletes anything there (CARABASE_OFFSITE)."""
     action = f"push {check_env(env)}"
     dest = offsite.require_destination(action)
     with os_errors_reported(action), stop_on_signal(f"{action} (copies under way were"
@@ -1059,8 +1072,9 @@ def fetch_key(action: str) -> bytes:
 @task(help={"env": "dev, staging or prod",
             "which": "latest, or a backup's stamp: 2026-04-09T031700"})
 def fetch(c, env, which):
-    """Download an off-site backup into the local tree (verified, never overwriting) and
-    print its path, for backup.restore."""
+    """Download an off-site backup into the local tree and print its path.
+
+    Verified, never overwriting; the path is for backup.restore."""
     action = f"fetch {check_env(env)}"
     dest = offsite.require_destination(action)
     program = rclone_program(c)
@@ -1149,7 +1163,7 @@ def load_systemd(c, env: str, action: str) -> None:
     }
 )
 def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHEDULE):
-    """Run backup.nightly <env> (backup, prune, drill when due) every night at 03:17."""
+    """Schedule backup.nightly for an env every night at 03:17 (launchd or systemd)."""
     action = f"install-cron {check_env(env)}"
     platform = install.check_platform(platform)
     files = install.schedule_files(env, platform, action, drill)
@@ -1180,6 +1194,8 @@ def install_cron(c, env, platform=None, dry_run=False, drill=drill.DEFAULT_SCHED
           f" {schedule.HOUR:02d}:{schedule.MINUTE:02d} local time; output in {log}")
     print(f"{env}: restore drill {drill}" + (" (Sundays, after the backup)"
                                             if drill == "weekly" else ""))
+    envs = settings.add_env(env, ENVS)  # so that backup.status checks what runs here
+    print(f"{env}: recorded in {settings.settings_file()}: CARABASE_ENVS={','.join(envs)}")
 
 
 @task(
@@ -1372,8 +1388,12 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
         try:
             facts = decrypt_and_check(key, source, plaintext, action, sink=sink)
         except DamagedBackup as damaged:  # nothing was touched
-            return drill.Proof("FAIL", problems=[f"the backup is damaged: {damaged.reason}"]), \
-                None
+            # Wrong key, or damaged? The smallest other backup, tried with the key, tells.
+            others = [path for _, path in list_backups(env) if path != source]
+            other = min(others, key=lambda path: path.stat().st_size, default=None)
+            problem = drill.unreadable_problem(damaged.reason, other,
+                                               other is not None and verify.key_opens(key, other))
+            return drill.Proof("FAIL", problems=[problem]), None
         scanner.finish()
         named.finish()
         facts.leave_out = roles_left_out(named, restoring_role(c, scratch, action), action)
@@ -2055,8 +2075,10 @@ def send_ping(env: str, url: str | None, signal: str, body: str = "") -> None:
 
 @task(help={"env": "dev, staging or prod"})
 def nightly(c, env):
-    """What the schedule runs: backup, off-site copy, prune, drill when due; stops at the
-    first failure; pings CARABASE_NOTIFY_URL (start, success or fail); rotates cron.log."""
+    """Run one night of an env: backup, off-site copy, prune, drill when due.
+
+    What the schedule runs. Stops at the first failure; pings CARABASE_NOTIFY_URL (start,
+    success or fail); rotates cron.log."""
     check_env(env)
     log = install.schedule_log(env)
     try:  # before printing anything, so that this night starts the new log

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from helpers import crypto
+from helpers import crypto, settings
 from helpers.errors import UserError
 
 ENVS = ("dev", "staging", "prod")
@@ -28,15 +28,19 @@ def check_env(env: str) -> str:
 
 
 def configured_envs() -> tuple[str, ...]:
-    """The envs this machine backs up (CARABASE_ENVS, by commas or spaces), in ENVS
-    order; all of them when unset. Status shows and counts only these."""
-    configured = os.environ.get("CARABASE_ENVS", "")
+    """The envs this machine backs up (CARABASE_ENVS, by commas or spaces; else as
+    ~/.carabase/env records it), in ENVS order; all of them when neither says. Status
+    shows and counts only these."""
+    configured, source = os.environ.get("CARABASE_ENVS", ""), "CARABASE_ENVS"
+    if not configured.strip():
+        configured = settings.recorded(settings.ENVS_SETTING)
+        source = f"CARABASE_ENVS in {settings.settings_file()}"
     if not configured.strip():
         return ENVS
     named = configured.replace(",", " ").split()
     unknown = [name for name in named if name not in ENVS]
     if unknown or not named:
-        raise UserError(f"CARABASE_ENVS must list some of {', '.join(ENVS)} separated by"
+        raise UserError(f"{source} must list some of {', '.join(ENVS)} separated by"
                         f" commas, not {configured!r}")
     return tuple(env for env in ENVS if env in named)
 

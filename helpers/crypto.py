@@ -13,7 +13,8 @@ As a filter:
     python -m helpers.crypto decrypt < dump.sql.gz.enc > dump.sql.gz
 
 The key comes from HOST_MASTER_KEY (64 hex characters or base64 of 32 bytes) or from
-the file named by HOST_MASTER_KEY_FILE (which must not be group- or world-readable).
+the file named by HOST_MASTER_KEY_FILE (which must not be group- or world-readable);
+with neither set, from ~/.carabase/master.key when it exists (what scripts/setup.sh makes).
 
 Decryption never lets plaintext reach a consumer before the tag is checked: into a
 regular file it streams and empties the file on failure; into a pipe or terminal it
@@ -80,27 +81,44 @@ def key_file_path(configured: str) -> str:
     return os.path.expanduser(configured)
 
 
+DEFAULT_KEY_FILE = os.path.join(".carabase", "master.key")  # under the home directory
+
+
+def key_file(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The file the key is read from: HOST_MASTER_KEY_FILE; with neither key variable
+    set, ~/.carabase/master.key when it exists; else None (HOST_MASTER_KEY, or no key)."""
+    configured = environ.get("HOST_MASTER_KEY_FILE", "")
+    if configured:
+        return key_file_path(configured)
+    if environ.get("HOST_MASTER_KEY", ""):
+        return None
+    default = os.path.join(environ.get("HOME") or os.path.expanduser("~"), DEFAULT_KEY_FILE)
+    # lexists: a dangling link or a directory there is refused below, not passed over.
+    return default if os.path.lexists(default) else None
+
+
 def load_key(environ: Mapping[str, str] = os.environ) -> bytes:
-    """The master key from HOST_MASTER_KEY or HOST_MASTER_KEY_FILE."""
+    """The master key from HOST_MASTER_KEY, HOST_MASTER_KEY_FILE or the default file."""
     inline = environ.get("HOST_MASTER_KEY", "")
-    path = environ.get("HOST_MASTER_KEY_FILE", "")
-    if inline and path:
+    if inline and environ.get("HOST_MASTER_KEY_FILE", ""):
         raise MasterKeyError(
             "both HOST_MASTER_KEY and HOST_MASTER_KEY_FILE are set: unset one of them"
         )
     if inline:
         return parse_key(inline)
-    if not path:
+    path = key_file(environ)
+    if path is None:
         raise MasterKeyError(
-            "no master key: set HOST_MASTER_KEY_FILE to a 0600 file holding the key"
-            " (or HOST_MASTER_KEY)"
+            "no master key: run scripts/setup.sh to make ~/.carabase/master.key, or set"
+            " HOST_MASTER_KEY_FILE to a 0600 file holding the key (or HOST_MASTER_KEY)"
         )
-    path = key_file_path(path)
-    raw = read_private_file(path, "HOST_MASTER_KEY_FILE", MasterKeyError)
+    # Messages name the variable only when the user set it.
+    label = "HOST_MASTER_KEY_FILE" if environ.get("HOST_MASTER_KEY_FILE") else "the key file"
+    raw = read_private_file(path, label, MasterKeyError)
     try:
         return parse_key(raw.decode("ascii"))
     except UnicodeDecodeError:
-        raise MasterKeyError(f"HOST_MASTER_KEY_FILE {path} does not hold a text key") from None
+        raise MasterKeyError(f"{label} {path} does not hold a text key") from None
 
 
 def read_private_file(path: str, variable: str, error: type[Exception]) -> bytes:

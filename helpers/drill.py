@@ -110,6 +110,19 @@ def _some(names: list[str]) -> str:
     return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
+def unreadable_problem(reason: str, other: Path | None, key_opens_other: bool) -> str:
+    """Why a drill's backup would not decrypt, blaming the key only when it is to blame:
+    a tag that fails says "wrong key, or damaged"; whether the same key opens `other`,
+    another backup of the env, tells which. Without another backup, both stay possible."""
+    if not reason.startswith("authentication failed") or (other and key_opens_other):
+        return f"the backup is damaged: {reason}"
+    if other is None:
+        return f"the key does not open the backup: {reason}"
+    return (f"the key is wrong: it opens neither this backup nor {other.name} (check"
+            " HOST_MASTER_KEY_FILE, or ~/.carabase/master.key: the backups need the key"
+            " that made them)")
+
+
 def summary(env: str, proof: Proof, file: Path, seconds: float | None) -> str:
     """`drill prod: PASS <file> restored in 12.3s: 42 tables, 1,234,567 rows` (+ problems)."""
     line = f"drill {env}: {proof.result} {file}"

@@ -47,7 +47,8 @@ class Freshness:
     def line(self) -> str:
         head = f"[{self.env:<7}] {self.status}"
         if self.latest is None:
-            return f"{head} {self.warning or 'no backups'}"
+            # The first status after set-up, or a new env: say how to get a backup.
+            return f"{head} {self.warning or f'no backups (take one: invoke backup.{self.env})'}"
         hours = self.age_hours()
         when = "in the future" if hours is None else f"age={hours:.1f}h ago"
         text = f"{head} latest={utc_text(self.latest)} {when}"

@@ -64,16 +64,15 @@ def schedule_inputs(env: str, action: str, drill_schedule: str = drill.DEFAULT_S
         raise UserError(
             f"{action}: refusing to write HOST_MASTER_KEY into a schedule file; keep the key"
             " in a 0600 file instead: mkdir -p -m 700 ~/.carabase && (umask 077; printenv"
-            " HOST_MASTER_KEY > ~/.carabase/master.key), then export"
-            " HOST_MASTER_KEY_FILE=~/.carabase/master.key, unset HOST_MASTER_KEY and run"
-            " this again"
+            " HOST_MASTER_KEY > ~/.carabase/master.key), then unset HOST_MASTER_KEY (the"
+            " tools read that file by themselves) and run this again"
         )
     try:
         crypto.load_key(os.environ)
     except crypto.MasterKeyError as error:
         raise UserError(f"{action}: refusing to install a schedule that would fail: {error}") \
             from None
-    key_file = os.path.abspath(crypto.key_file_path(os.environ["HOST_MASTER_KEY_FILE"]))
+    key_file = os.path.abspath(crypto.key_file(os.environ))  # the file load_key read
     notify_file = notify_url_file(action)
 
     db = database(env)

@@ -18,6 +18,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from helpers import crypto
@@ -131,6 +132,17 @@ def check_backup(key: bytes, src: BinaryIO,
     except crypto.InvalidEnvelope as error:
         return str(error)
     return checker.finish()
+
+
+def key_opens(key: bytes, path: Path) -> bool:
+    """Whether `key` authenticates the backup at `path` (its gzip stream unchecked)."""
+    try:
+        with open(path, "rb") as src:
+            for _ in crypto.decrypted_chunks(key, src):
+                pass
+    except (crypto.InvalidEnvelope, OSError):
+        return False
+    return True
 
 
 def main() -> int:

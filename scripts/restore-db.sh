@@ -2,7 +2,7 @@
 # Restore a backup on any machine that has this repository, the same master key and
 # a PostgreSQL to restore into:
 #
-#   HOST_MASTER_KEY_FILE=~/.carabase/master.key scripts/restore-db.sh dev backup.sql.gz.enc
+#   scripts/restore-db.sh dev backup.sql.gz.enc
 #
 # A thin wrapper over `invoke backup.restore <env> <file> [--yes] [--i-know] [--no-keep]
 # [--in-place]`: it builds the backup into a fresh database and swaps it in, keeping the

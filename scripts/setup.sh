@@ -5,7 +5,9 @@
 #   scripts/setup.sh [dev|staging|prod]
 #
 # The key is HOST_MASTER_KEY_FILE or HOST_MASTER_KEY when set; otherwise
-# ~/.carabase/master.key, created (0600) when it does not exist yet.
+# ~/.carabase/master.key, created (0600) when it does not exist yet, where the tools find
+# it by themselves. The env backed up is recorded in ~/.carabase/env (CARABASE_ENVS), so
+# that backup.status checks the envs this machine backs up.
 set -euo pipefail
 env="${1:-dev}"
 case "$env" in  # before installing anything: a typo must not cost a venv and a key
@@ -24,26 +26,23 @@ fi
 # a read-only checkout).
 "$repo/.venv/bin/python" -m compileall -q "$repo/tasks.py" "$repo/helpers" >/dev/null
 
-if [ -z "${HOST_MASTER_KEY:-}" ] && [ -z "${HOST_MASTER_KEY_FILE:-}" ]; then
-    HOST_MASTER_KEY_FILE="$HOME/.carabase/master.key"
-    if [ ! -e "$HOST_MASTER_KEY_FILE" ]; then
-        mkdir -p -m 700 "$HOME/.carabase"
-        (umask 077 && "$repo/.venv/bin/python" -c \
-            'import secrets; print(secrets.token_hex(32))' > "$HOST_MASTER_KEY_FILE")
-        echo "Created a new master key in $HOST_MASTER_KEY_FILE (mode 0600)."
-        echo "Keep a copy somewhere safe and separate (a password manager): without it"
-        echo "no backup can ever be read."
-    fi
-    export HOST_MASTER_KEY_FILE
+key_file="$HOME/.carabase/master.key"
+if [ -z "${HOST_MASTER_KEY:-}" ] && [ -z "${HOST_MASTER_KEY_FILE:-}" ] && [ ! -e "$key_file" ]; then
+    mkdir -p -m 700 "$HOME/.carabase"
+    (umask 077 && "$repo/.venv/bin/python" -c \
+        'import secrets; print(secrets.token_hex(32))' > "$key_file")
+    echo "Created a new master key in $key_file (mode 0600)."
+    echo "Keep a copy somewhere safe and separate (a password manager): without it"
+    echo "no backup can ever be read."
 fi
 
 "$repo/.venv/bin/invoke" --search-root "$repo" "backup.$env"
+"$repo/.venv/bin/python" -m helpers.settings add-env "$env"
 
 cat <<NEXT
 
-Next, in this shell (invoke is in .venv, and reads the key from HOST_MASTER_KEY_FILE):
+Next, in this shell and each new one (invoke is in .venv):
   cd $repo && . .venv/bin/activate
-  export HOST_MASTER_KEY_FILE=${HOST_MASTER_KEY_FILE:-<your key file>}
   invoke backup.status
   invoke backup.install-cron $env
 NEXT

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import stat
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import swap
+from helpers import crypto, swap
 from tests.sample_db import snapshot
 from tests.support import REPO, run_invoke, seal_backup, take_backup
 
@@ -161,6 +162,27 @@ def test_restore_over_changed_database_brings_back_the_backed_up_state(dev_envir
 
     assert result.returncode == 0, result.stderr
     assert snapshot(pg, source_db) == before
+
+
+def test_backup_and_restore_with_no_key_variable_use_the_key_setup_made_in_home(
+        environ, home, master_key, pg, source_db, backup_dir):
+    """A new shell after scripts/setup.sh: no export line, the key in ~/.carabase."""
+    (home / ".carabase").mkdir(mode=0o700)
+    (home / ".carabase" / "master.key").write_text(master_key + "\n")
+    (home / ".carabase" / "master.key").chmod(0o600)
+    no_key_variable = {**environ, "CARABASE_DEV_DATABASE_URL": pg.url(source_db)}
+    assert not any(name.startswith("HOST_MASTER_KEY") for name in no_key_variable)
+    before = snapshot(pg, source_db)
+    backup = take_backup(no_key_variable)
+    pg.psql(source_db, "delete from note; update item set name = 'changed'")
+
+    result = run_invoke("backup.restore", "dev", str(backup), "--yes", env=no_key_variable)
+
+    assert result.returncode == 0, result.stderr
+    assert snapshot(pg, source_db) == before
+    with backup.open("rb") as sealed:  # sealed under that very key
+        plain = crypto.decrypt_stream(bytes.fromhex(master_key), sealed, io.BytesIO())
+    assert plain > 0
 
 
 def test_restore_whose_sql_fails_midway_leaves_target_unchanged(

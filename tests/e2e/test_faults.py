@@ -52,7 +52,12 @@ def published(backup_dir: Path, env: str = "dev") -> list[Path]:
 
 
 def dump_is_streaming(backup_dir: Path) -> bool:
-    return any(path.stat().st_size > 0 for path in partials(backup_dir))
+    """pg_dump's output has reached the partial file. Not merely a non-empty file: the
+    encrypt filter writes its 13-byte header as soon as it starts, and with
+    PYTHONUNBUFFERED=1 that header is on disk before pg_dump may even have started (on
+    Debian, pg_dump runs as perl's pg_wrapper for its first 0.2 s). Anything past the
+    header is ciphertext of pg_dump's compressed output: pg_dump is running."""
+    return any(path.stat().st_size > crypto.HEADER_SIZE for path in partials(backup_dir))
 
 
 def plant_earlier_backup(backup_dir: Path, env: str = "dev") -> tuple[Path, str]:

@@ -18,7 +18,9 @@ import pytest
 from helpers import retention
 from tests.support import REPO, clean_environ, run_invoke
 
-PNPM = shutil.which("pnpm")
+# The pinned pnpm .ci/run installs into the project, else the one on PATH.
+PNPM = (shutil.which("pnpm", path=str(REPO / ".tools" / "pnpm" / "node_modules" / ".bin"))
+        or shutil.which("pnpm"))
 needs_pnpm = pytest.mark.skipif(
     PNPM is None, reason="pnpm is not installed (.ci/run installs the pinned version)"
 )
@@ -77,6 +79,8 @@ def test_package_json_is_private_and_aliases_exactly_the_backup_tasks():
 @pytest.mark.skipif(not os.environ.get("CI"), reason="only CI must have the pinned pnpm")
 def test_ci_runs_the_pinned_pnpm():
     assert PNPM is not None, ".ci/run should have installed pnpm"
+    # In the project's own folder, ignored by git: never over the machine's pnpm.
+    assert Path(PNPM).is_relative_to(REPO / ".tools" / "pnpm"), PNPM
     version = subprocess.run([PNPM, "--version"], cwd=REPO, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=60, check=True)
     assert version.stdout.strip() == PINNED_PNPM["version"]

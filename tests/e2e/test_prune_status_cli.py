@@ -30,9 +30,9 @@ def test_status_of_an_empty_backup_directory_fails_every_env(environ):
     result = run_invoke("backup.status", env=environ)
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "[dev    ] FAIL no backups",
-        "[staging] FAIL no backups",
-        "[prod   ] FAIL no backups",
+        "[dev    ] FAIL no backups (take one: invoke backup.dev)",
+        "[staging] FAIL no backups (take one: invoke backup.staging)",
+        "[prod   ] FAIL no backups (take one: invoke backup.prod)",
     ]
     assert result.stderr == ""
 

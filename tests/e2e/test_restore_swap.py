@@ -186,11 +186,18 @@ def test_a_read_only_backup_tree_restores_and_undoes_and_other_writes_fail_in_on
     assert files_under(backup_dir) == files
 
 
-def test_undo_restore_without_an_undo_copy_says_so(dev_environ):
+def test_undo_restore_of_an_env_never_restored_says_there_is_no_restore_to_undo(
+        pg, dev_environ, source_db):
+    before = full_snapshot(pg, source_db)
+
     result = run_invoke("backup.undo-restore", "dev", "--yes", env=dev_environ)
 
-    assert result.returncode != 0 and "there is no undo copy" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.startswith("undo-restore dev: no restore of dev to undo: there is no"
+                                    f" undo copy {swap.undo_name(source_db)} (")
     assert len(result.stderr.strip().splitlines()) == 1
+    assert full_snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db]
 
 
 def test_undo_restore_of_prod_needs_i_know(dev_environ):

@@ -235,6 +235,19 @@ def test_systemd_install_writes_both_units_0644_and_enables_the_timer(
     assert mode_of(backup_dir / "prod" / "cron.log") == 0o600
 
 
+def test_install_records_its_env_beside_the_one_set_up_so_status_checks_both(
+        setup, managers, home):
+    (home / ".carabase").mkdir()
+    (home / ".carabase" / "env").write_text("CARABASE_ENVS=dev\n")  # as setup.sh left it
+
+    result = run_invoke("backup.install-cron", "prod", "--platform", "systemd", env=setup)
+
+    assert result.returncode == 0, result.stderr
+    assert (home / ".carabase" / "env").read_text() == "CARABASE_ENVS=dev,prod\n"
+    status = run_invoke("backup.status", env=setup)
+    assert [line[:9] for line in status.stdout.splitlines()] == ["[dev    ]", "[prod   ]"]
+
+
 def test_systemd_install_respects_xdg_config_home(setup, managers, tmp_path, home):
     config = tmp_path / "config"
     result = run_invoke("backup.install-cron", "dev", "--platform", "systemd",
@@ -326,7 +339,7 @@ def test_inline_key_only_is_refused_with_how_to_make_a_key_file(
                         env={**environ, "PATH": str(tools), "HOST_MASTER_KEY": key})
     assert_refused_and_nothing_written(
         result, home, backup_dir, "refusing to write HOST_MASTER_KEY", "umask 077",
-        "HOST_MASTER_KEY_FILE=",
+        "> ~/.carabase/master.key), then unset HOST_MASTER_KEY",
     )
     assert key not in result.stdout + result.stderr
 
@@ -448,7 +461,7 @@ def test_no_secret_reaches_any_written_file_or_the_output(
                "CARABASE_PROD_DATABASE_URL": "postgresql://carabase@db.lan/carabase_prod"}
     outputs = install_everywhere(environ)
     written = [path for path in [*home.rglob("*"), *backup_dir.rglob("*")] if path.is_file()]
-    assert len(written) == 4  # plist, service, timer, cron.log
+    assert len(written) == 5  # plist, service, timer, cron.log, ~/.carabase/env
     raw = bytes.fromhex(key)
     secrets = [key.encode(), key.upper().encode(), raw, base64.b64encode(raw), password.encode()]
     for path in written:
@@ -497,7 +510,7 @@ def test_notify_url_file_goes_into_the_schedule_by_path_and_the_url_nowhere(
     service = (home / UNIT_DIR / "carabase-backup-prod.service").read_text()
     assert f'Environment="CARABASE_NOTIFY_URL_FILE={url_file}"\n' in service
     written = [path for path in [*home.rglob("*"), *backup_dir.rglob("*")] if path.is_file()]
-    assert len(written) == 4  # plist, service, timer, cron.log
+    assert len(written) == 5  # plist, service, timer, cron.log, ~/.carabase/env
     for path in written:
         assert b"hc-ping.example" not in path.read_bytes(), path
     assert "hc-ping.example" not in outputs

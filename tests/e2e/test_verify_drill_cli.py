@@ -250,6 +250,47 @@ def test_damaged_backup_verifies_damaged_and_drills_fail_without_touching_anythi
         "the backup is damaged: gzip stream truncated"]
 
 
+def two_backups(drill_environ) -> list[Path]:
+    first = take_backup(drill_environ)
+    return [first, take_backup(drill_environ)]
+
+
+def test_drill_with_another_key_says_the_key_is_wrong_and_status_does_not_call_it_damaged(
+        drill_environ, pg, source_db, tmp_path):
+    older, newest = two_backups(drill_environ)
+    other_key = tmp_path / "other.key"
+    other_key.write_text(os.urandom(32).hex() + "\n")
+    other_key.chmod(0o600)
+    wrong = {**drill_environ, "HOST_MASTER_KEY_FILE": str(other_key)}
+    before = snapshot(pg, source_db)
+
+    drilled = run_invoke("backup.drill", "dev", env=wrong)
+    status = run_invoke("backup.status", env={**wrong, "CARABASE_ENVS": "dev"})
+
+    assert drilled.returncode == 1
+    assert drilled.stderr == (f"drill dev: FAIL {newest}: the key is wrong: it opens neither"
+                              f" this backup nor {older.name} (check HOST_MASTER_KEY_FILE, or"
+                              " ~/.carabase/master.key: the backups need the key that made"
+                              " them)\n")
+    assert "damaged" not in status.stdout and "last drill FAIL: the key is wrong" in status.stdout
+    assert snapshot(pg, source_db) == before
+
+
+def test_drill_of_a_tampered_backup_whose_sibling_opens_says_the_backup_is_damaged(
+        drill_environ, pg, source_db):
+    older, newest = two_backups(drill_environ)
+    tampered = bytearray(newest.read_bytes())
+    tampered[40] ^= 1
+    newest.write_bytes(bytes(tampered))
+
+    drilled = run_invoke("backup.drill", "dev", env=drill_environ)
+
+    assert drilled.returncode == 1
+    assert drilled.stderr == (f"drill dev: FAIL {newest}: the backup is damaged: authentication"
+                              " failed: wrong key, or the file is damaged or truncated\n")
+    assert drill_record(drill_environ)["problems"][0].startswith("the backup is damaged:")
+
+
 # --- drill: the scratch database ----------------------------------------------------------
 
 

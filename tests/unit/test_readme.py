@@ -47,4 +47,4 @@ def test_quick_start_commands_run_as_written_in_a_shell_without_invoke_on_path(t
 
     assert "command not found" not in result.stderr
     assert result.returncode == 2  # a fresh machine: no backups yet
-    assert result.stdout.startswith("[dev    ] FAIL no backups")
+    assert result.stdout.startswith("[dev    ] FAIL no backups (take one: invoke backup.dev)")

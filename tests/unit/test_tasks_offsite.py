@@ -107,3 +107,33 @@ def test_an_error_that_a_retry_made_good_is_no_failure(monkeypatch, tmp_path, ca
     monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
     assert tasks.push_backups(context, "dev", [(STAMP, backup)], "push dev") == 1
     assert "FAILED" not in capsys.readouterr().out
+
+
+def test_push_lists_the_copied_backups_in_date_order_whatever_order_rclone_finished_in(
+        monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
+    monkeypatch.setenv("CARABASE_OFFSITE", "/nas")
+    backups = []
+    for day in (7, 8, 9):
+        stamp = STAMP.replace(day=day)
+        path = tmp_path / "dev" / offsite_relative(stamp)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"12345")
+        backups.append((stamp, path))
+    # rclone copies in parallel: the newest, smallest backups often finish first.
+    log = "\n".join(copy_log(offsite_relative(stamp)) for stamp, _ in reversed(backups))
+    listed = json.dumps([entry for stamp, _ in reversed(backups)
+                         for entry in json.loads(listing_of(offsite_relative(stamp), 5))])
+    context = MockContext(run=[Result("[]"), Result(stderr=log), Result(listed)])
+    monkeypatch.setattr(tasks, "rclone_program", lambda c: "/opt/rclone")
+
+    assert tasks.push_backups(context, "dev", backups, "push dev") == 3
+
+    copied = [line.split()[3] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("push dev: copied ")]
+    assert copied == [offsite_relative(stamp) for stamp, _ in backups]
+    assert copied[0].startswith("2026-04-07/")
+
+
+def offsite_relative(stamp: datetime) -> str:
+    return tasks.offsite.relative_path(stamp)

@@ -29,6 +29,7 @@ def root(tmp_path, monkeypatch):
     path = tmp_path / "backups"
     monkeypatch.setenv("CARABASE_BACKUP_DIR", str(path))
     monkeypatch.delenv("CARABASE_ENVS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.carabase/env of the developer's
     return path
 
 
@@ -66,7 +67,8 @@ def test_status_exits_2_when_any_env_fails(root, capsys):
     write_backup(root / "dev", LATEST)
     write_backup(root / "staging", LATEST - 40 * HOUR)
     assert run_status(LATEST) == 2
-    assert capsys.readouterr().out.splitlines()[2] == "[prod   ] FAIL no backups"
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "[prod   ] FAIL no backups (take one: invoke backup.prod)")
 
 
 def test_status_judges_the_newest_backup_by_its_name_and_the_size_of_the_one_before(root, capsys):

@@ -104,10 +104,47 @@ def test_backup_dir_with_a_space_inside_is_a_path_like_any_other(monkeypatch):
 # --- CARABASE_ENVS and CARABASE_LOCK_WAIT_TIMEOUT ---------------------------------------
 
 
-def test_every_env_is_configured_when_carabase_envs_is_unset(monkeypatch):
+def test_every_env_is_configured_when_carabase_envs_is_unset(monkeypatch, tmp_path):
     monkeypatch.delenv("CARABASE_ENVS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # and nothing recorded
 
     assert config.configured_envs() == ("dev", "staging", "prod")
+
+
+def record(home, text: str) -> None:
+    (home / ".carabase").mkdir()
+    (home / ".carabase" / "env").write_text(text)
+
+
+def test_envs_recorded_in_home_carabase_env_are_used_when_carabase_envs_is_unset(
+        monkeypatch, tmp_path):
+    monkeypatch.delenv("CARABASE_ENVS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record(tmp_path, "# written by scripts/setup.sh\nCARABASE_ENVS=prod,dev\n")
+
+    assert config.configured_envs() == ("dev", "prod")
+
+
+def test_carabase_envs_wins_over_the_recorded_envs(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARABASE_ENVS", "staging")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record(tmp_path, "CARABASE_ENVS=dev\n")
+
+    assert config.configured_envs() == ("staging",)
+
+
+def test_recorded_envs_naming_an_unknown_env_are_refused_naming_the_file(monkeypatch,
+                                                                          tmp_path):
+    monkeypatch.delenv("CARABASE_ENVS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record(tmp_path, "CARABASE_ENVS=prdo\n")
+
+    with pytest.raises(UserError) as refused:
+        config.configured_envs()
+
+    assert refused.value.message == (
+        f"CARABASE_ENVS in {tmp_path}/.carabase/env must list some of dev, staging, prod"
+        " separated by commas, not 'prdo'")
 
 
 @pytest.mark.parametrize("value", ["prod,dev", " dev , prod ", "prod dev", "dev,prod,dev"])

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,9 +156,47 @@ def test_malformed_key_is_refused_without_echoing_it(text):
     assert "malformed" in str(caught.value) and text not in str(caught.value)
 
 
-def test_missing_key_says_how_to_provide_one():
-    with pytest.raises(crypto.MasterKeyError, match="HOST_MASTER_KEY_FILE"):
-        crypto.load_key({})
+def test_missing_key_says_how_to_provide_one(tmp_path):
+    with pytest.raises(crypto.MasterKeyError, match=r"scripts/setup\.sh .*HOST_MASTER_KEY_FILE"):
+        crypto.load_key({"HOME": str(tmp_path)})
+
+
+def write_default_key(home: Path, key: bytes = KEY, mode: int = 0o600) -> Path:
+    """~/.carabase/master.key as scripts/setup.sh makes it."""
+    path = home / ".carabase" / "master.key"
+    path.parent.mkdir(mode=0o700)
+    path.write_text(key.hex() + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_with_neither_variable_set_the_key_in_home_carabase_is_used(tmp_path):
+    path = write_default_key(tmp_path)
+
+    assert crypto.load_key({"HOME": str(tmp_path)}) == KEY
+    assert crypto.key_file({"HOME": str(tmp_path)}) == str(path)
+
+
+def test_default_key_file_readable_by_others_is_refused_naming_the_file_not_a_variable(
+        tmp_path):
+    path = write_default_key(tmp_path, mode=0o644)
+
+    with pytest.raises(crypto.MasterKeyError) as caught:
+        crypto.load_key({"HOME": str(tmp_path)})
+
+    assert str(caught.value) == (f"the key file {path} is readable by others (mode 0644):"
+                                 f" run chmod 600 {path}")
+
+
+def test_key_variables_win_over_the_default_key_file(tmp_path):
+    write_default_key(tmp_path, key=bytes(32))  # another key, which must not be read
+    other = tmp_path / "other.key"
+    other.write_text(KEY.hex())
+    other.chmod(0o600)
+
+    assert crypto.load_key({"HOME": str(tmp_path), "HOST_MASTER_KEY": KEY.hex()}) == KEY
+    assert crypto.load_key({"HOME": str(tmp_path), "HOST_MASTER_KEY_FILE": str(other)}) == KEY
+    assert crypto.key_file({"HOME": str(tmp_path), "HOST_MASTER_KEY": KEY.hex()}) is None
 
 
 def test_key_file_is_read_when_private(tmp_path):
@@ -232,8 +271,9 @@ def test_filter_round_trip_through_pipes():
     ("decrypt", b"\x07" + bytes(40), {"HOST_MASTER_KEY": KEY.hex()}, b"unknown envelope"),
     ("decrypt", b"\x01" + bytes(40), {"HOST_MASTER_KEY": KEY.hex()}, b"authentication failed"),
 ])
-def test_filter_failure_is_one_line_nonzero_and_no_output(action, data, environ, message):
-    result = run_filter(action, data, **environ)
+def test_filter_failure_is_one_line_nonzero_and_no_output(action, data, environ, message,
+                                                          tmp_path):
+    result = run_filter(action, data, HOME=str(tmp_path), **environ)  # no key in HOME
 
     assert result.returncode == 1
     assert result.stdout == b""

@@ -176,3 +176,28 @@ def test_drill_due_reads_the_schedule_and_the_last_record(root):
     (root / "dev" / ".drill.json").write_text("garbage")
     assert drill.drill_due("dev", {}, monday) is True
     assert drill.drill_due("dev", {"CARABASE_DRILL": "off"}, monday) is False
+
+
+AUTH = "authentication failed: wrong key, or the file is damaged or truncated"
+
+
+def test_unreadable_backup_whose_key_opens_another_backup_is_damaged():
+    assert drill.unreadable_problem(AUTH, Path("/b/older.sql.gz.enc"), True) == \
+        f"the backup is damaged: {AUTH}"
+
+
+def test_unreadable_backup_whose_key_opens_no_other_backup_blames_the_key():
+    problem = drill.unreadable_problem(AUTH, Path("/b/older.sql.gz.enc"), False)
+
+    assert problem.startswith("the key is wrong: it opens neither this backup nor"
+                              " older.sql.gz.enc (check HOST_MASTER_KEY_FILE")
+
+
+def test_unreadable_backup_with_nothing_to_compare_names_both_causes_and_blames_neither():
+    assert drill.unreadable_problem(AUTH, None, False) == \
+        f"the key does not open the backup: {AUTH}"
+
+
+def test_a_damaged_gzip_stream_is_damage_whatever_the_other_backups_say():
+    assert drill.unreadable_problem("gzip stream truncated", Path("/b/x"), False) == \
+        "the backup is damaged: gzip stream truncated"

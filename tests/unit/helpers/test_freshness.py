@@ -56,10 +56,10 @@ def test_status_follows_the_age_thresholds(age, status, shown):
     assert report.line().endswith(f"] {status} latest=2026-04-09T03:17:12Z age={shown} ago")
 
 
-def test_env_without_backups_fails():
+def test_env_without_backups_fails_and_says_how_to_take_one():
     report = freshness.assess_freshness("prod", [], LATEST)
     assert report.status == "FAIL"
-    assert report.line() == "[prod   ] FAIL no backups"
+    assert report.line() == "[prod   ] FAIL no backups (take one: invoke backup.prod)"
     assert report.as_json() == {"env": "prod", "status": "FAIL", "latest": None,
                                 "age_hours": None, "path": None, "warning": None,
                                 "drill": None}

@@ -125,6 +125,21 @@ def test_key_file_under_an_unexpanded_tilde_goes_into_the_schedule_as_its_real_p
     assert inputs["variables"]["HOST_MASTER_KEY_FILE"] == str(key)
 
 
+def test_key_found_by_default_goes_into_the_schedule_as_its_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "backups"))
+    for name in ("HOST_MASTER_KEY", "HOST_MASTER_KEY_FILE", "CARABASE_PROD_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    key = tmp_path / ".carabase" / "master.key"
+    key.parent.mkdir()
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+
+    inputs = install.schedule_inputs("prod", "install-cron prod")
+
+    assert inputs["variables"]["HOST_MASTER_KEY_FILE"] == str(key)
+
+
 @pytest.fixture
 def schedulable(monkeypatch, tmp_path):
     """A key file and a backup dir from which a prod schedule can be made."""

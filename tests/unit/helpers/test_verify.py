@@ -150,3 +150,12 @@ def test_where_isal_does_not_load_zlib_inflates_with_the_same_verdicts(monkeypat
     compressed[-8] ^= 1
     assert verdict(sealed(bytes(compressed))) == "gzip stream damaged: incorrect data check"
     assert verdict(sealed(gzip.compress(SQL))) is None
+
+
+def test_key_opens_a_backup_sealed_with_it_and_no_other(tmp_path):
+    backup = tmp_path / "backup.sql.gz.enc"
+    backup.write_bytes(sealed(gzip.compress(b"select 1;\n")))
+
+    assert verify.key_opens(KEY, backup)
+    assert not verify.key_opens(bytes(32), backup)
+    assert not verify.key_opens(KEY, tmp_path / "missing.sql.gz.enc")
