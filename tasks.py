@@ -1797,8 +1797,10 @@ def pitr_base_backup(c, setup: pitr.Setup, kind: str, action: str) -> None:
       help={"env": "dev, staging or prod", "type": "full, diff or incr (default: diff,"
             " full when the newest full is a week old)"})
 def pitr_backup(c, env, type=None):
-    """A pgBackRest base backup; off-site copy of the repository (CARABASE_OFFSITE);
-    expiry by CARABASE_PITR_DAYS."""
+    """Take a pgBackRest base backup of an env, then copy the repository off-site.
+
+    Expires what CARABASE_PITR_DAYS no longer needs; copies to <offsite>/<env>/pitr
+    when CARABASE_OFFSITE is set."""
     action = f"pitr-backup {check_env(env)}"
     key = require_key()
     require_pgbackrest(action)
@@ -1927,8 +1929,9 @@ def pitr_restore_ready(c, env: str, to: str, action: str):
             " without a zone) or latest", "data-dir": "a new, empty directory for the restored"
             " cluster", "port": "the port it starts on"})
 def pitr_restore(c, env, to, data_dir, port):
-    """A new cluster as the env's server was at a moment, started on --port; the live
-    cluster is never touched."""
+    """Restore an env's server as it was at a moment, as a new cluster on --port.
+
+    The live cluster is never touched."""
     action = f"pitr-restore {check_env(env)}"
     setup, target = pitr_restore_ready(c, env, to, action)
     directory = user_path(data_dir)
