@@ -151,3 +151,14 @@ def test_positional_parameters_and_dollars_in_names_are_not_dollar_quotes():
     sql = b"CREATE FUNCTION a$b(int) RETURNS int AS 'select $1'; SELECT $1;\nSELECT 2;"
     assert statements(sql) == [b"CREATE FUNCTION a$b(int) RETURNS int AS 'select $1';",
                                b" SELECT $1;", b"\nSELECT 2;"]
+
+
+@pytest.mark.parametrize("rows", [
+    b"1\tplain\n2\ttext\n",
+    b"".join(b"%d\t\\\\x%s\n" % (i, b"ab" * 40) for i in range(200)),  # bytea: many \
+    b"1\t\\.x\n2\ta\\\\.\n",  # backslash-dot that is not the end marker
+])
+def test_the_end_of_rows_is_found_with_few_or_many_backslashes_in_them(rows):
+    block = b"x\n" + rows + b"\\.\nafter"
+    assert dumpsql.find_end_of_rows(block, 0) == block.index(b"\n\\.\nafter")
+    assert dumpsql.find_end_of_rows(block[:-len(b".\nafter")], 0) == -1
