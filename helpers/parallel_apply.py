@@ -183,6 +183,28 @@ def describe(header: Header) -> str:
     return f"{header.type} {name}"
 
 
+def explain_failure(errors: list[str], entries: list[tuple[int, Header]],
+                    status: int | None) -> str:
+    """The line that says why a session failed (then psql's DETAIL and HINT lines), the
+    entry named from `entries` ((first line, header) of each entry, as sent to it)."""
+    lines = [line for line in errors if line.strip()]
+    for at, line in enumerate(lines):
+        error = ERROR_LINE.match(line)
+        if error:
+            number = int(error.group(1))
+            entry = next((header for start, header in reversed(entries) if start <= number),
+                         None)
+            where = f" in {describe(entry)}" if entry else ""
+            following = [extra for extra in lines[at + 1:at + 4]
+                         if extra.startswith(("DETAIL:", "HINT:"))]
+            return "\n".join([f"psql: failed{where}: {line[error.end():]}", *following])
+    if not lines:
+        return f"psql: a session ended early (exit status {status})"
+    first = lines[0] if lines[0].startswith("psql:") else f"psql: {lines[0]}"
+    return "\n".join([first, *(extra for extra in lines[1:3]
+                               if extra.startswith(("DETAIL:", "HINT:")))])
+
+
 # --- the sessions -----------------------------------------------------------------------
 
 
@@ -303,24 +325,7 @@ class Session:
                 self.errors.append(line.decode(errors="replace").rstrip("\n"))
 
     def failure(self) -> str:
-        """The one line (and psql's DETAIL and HINT lines) that say why it failed."""
-        lines = [line for line in self.errors if line.strip()]
-        for at, line in enumerate(lines):
-            error = ERROR_LINE.match(line)
-            if error:
-                number = int(error.group(1))
-                entry = next((header for start, header in reversed(self.entries)
-                              if start <= number), None)
-                where = f" in {describe(entry)}" if entry else ""
-                cause = line[error.end():]
-                following = [extra for extra in lines[at + 1:at + 4]
-                             if extra.startswith(("DETAIL:", "HINT:"))]
-                return "\n".join([f"psql: failed{where}: {cause}", *following])
-        if not lines:
-            return f"psql: session {self.index + 1} ended with status {self.process.returncode}"
-        first = lines[0]
-        return "\n".join([first if first.startswith("psql:") else f"psql: {first}",
-                          *lines[1:3]])
+        return explain_failure(self.errors, self.entries, self.process.returncode)
 
 
 # --- the router -------------------------------------------------------------------------
