@@ -288,7 +288,7 @@ def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Pr
         "i-know": "required to restore into prod (or CARABASE_I_KNOW=1)",
         "no-keep": "drop the replaced database at once instead of keeping it for undo",
         "in-place": "for a role that may not create databases: apply inside the existing"
-                    " database, in one transaction (see README for its limits)",
+                    " database, in one transaction (see docs/restoring.md for its limits)",
         "jobs": "sessions that load the fresh database (default CARABASE_RESTORE_JOBS, else"
                 " one per core; one for a backup under 1 MiB)",
     }
@@ -439,12 +439,12 @@ def refuse_without_createdb(target: Database, probe: swap.Probe, action: str) ->
         raise UserError(f"{action} refused: the role of {target.variable} may not create"
                         " databases, and a restore builds a fresh one; grant it CREATEDB, or"
                         " pass --in-place to apply inside the existing database in one"
-                        " transaction (see its limits in README.md)")
+                        " transaction (see its limits in docs/restoring.md)")
     if probe.identity is not None and not probe.owns:
         raise UserError(f"{action} refused: the role of {target.variable} does not own"
                         f" {target.name} (its owner is {probe.identity.owner}), and a restore"
                         " renames it to keep it as the undo copy; connect as its owner, or"
-                        " pass --in-place (see its limits in README.md)")
+                        " pass --in-place (see its limits in docs/restoring.md)")
 
 
 # Below this many compressed bytes gzip inflates faster than a Python interpreter starts
@@ -807,7 +807,7 @@ def remote_backups(c, program: Path, dest: offsite.Destination, env: str,
 def push_backups(c, env: str, backups: list, action: str) -> int:
     """Copy `backups` ((stamp, path), oldest first) missing off-site, each checked by
     rclone after its upload (size and hash, read from its log; no --inplace); never
-    replace one (README: Off-site copies); record the newest; the number copied."""
+    replace one (docs/offsite.md); record the newest; the number copied."""
     dest = offsite.require_destination(action)
     program = rclone_program(c)
     remote = {backup.relative: backup

@@ -14,7 +14,7 @@ the run, and alternates, RUNS times each, into a fresh prefix every time:
       (starting invoke, listing the remote; nothing is copied or read again)
 
 (b) also lists the destination first (it must exist) and reads rclone's per-file
-verification from its log. Prints a Markdown table of medians (min-max); README.md
+verification from its log. Prints a Markdown table of medians (min-max); bench/README.md
 quotes the latest. --bwlimit caps (a), (b) and (c) alike at an uplink's speed (rclone's
 RCLONE_BWLIMIT), as a real off-site copy would be. Everything it makes is removed at
 the end.

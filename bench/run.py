@@ -20,7 +20,7 @@ and reporting medians:
       database, and against pg_restore -j 2 of a pg_dump -Fd -j 2 (--only-restore: this
       one alone)
 
-and prints a Markdown table (README.md quotes the latest). Everything it makes (the
+and prints a Markdown table (bench/README.md quotes the latest). Everything it makes (the
 databases, a temporary directory, a random key) is removed at the end.
 
 The server: --url, else the one the PG* variables name, else postgres@127.0.0.1:5432.

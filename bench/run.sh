@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark, from a fresh clone in one command (see README.md, "Performance"):
+# The benchmark, from a fresh clone in one command (see bench/README.md):
 #
 #   bench/run.sh [--scale N] [--runs N] [--url postgresql://user@host:port/postgres]
 #

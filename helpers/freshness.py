@@ -19,7 +19,7 @@ STALE_AFTER = timedelta(hours=72)  # FAIL from this age on; WARN in between
 SMALLEST_PLAUSIBLE_BACKUP = 1024  # bytes; the encrypted gzip of an empty dump is smaller
 SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}  # also the exit status of `backup.status`
 IN_THE_FUTURE = "newest backup is dated in the future: check the clock"
-# The version of `status --json` (README: Status). Fields keep their meaning; a change
+# The version of `status --json` (docs/status.md). Fields keep their meaning; a change
 # that would alter one takes a new field, or a new schema number.
 JSON_SCHEMA = 1
 

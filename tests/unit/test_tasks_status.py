@@ -112,8 +112,8 @@ def test_status_json_is_one_object_with_the_documented_shape(root, capsys):
 
 
 def test_status_json_schema_1_has_exactly_the_documented_fields_and_types(root, capsys):
-    """The desktop and health endpoints read these: README's Status section documents
-    every one. A field added, renamed or retyped must show up here (and in the README)."""
+    """The desktop and health endpoints read these: docs/status.md documents
+    every one. A field added, renamed or retyped must show up here (and in docs/status.md)."""
     write_backup(root / "dev", LATEST)
     write_backup(root / "staging", LATEST, size=100)  # a warning
     assert run_status(LATEST + HOUR, "--json") == 2
