@@ -34,6 +34,7 @@ by a few megabytes a session, whatever the dump's size.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import secrets
@@ -62,6 +63,7 @@ TABLE_OF = re.compile(rb"^(?:ALTER TABLE|CREATE (?:UNIQUE )?INDEX " + NAME
                       + rb" ON)(?: ONLY)? " + QUALIFIED, re.MULTILINE)
 REFERENCED = re.compile(rb"\bREFERENCES " + QUALIFIED)
 # Statements that set something for the rest of the script.
+MAY_SET = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config\(|\\restrict )", re.MULTILINE)
 LEADING = re.compile(rb"(?:\s|--[^\n]*\n)*")
 SETTING = re.compile(rb"SET (?!LOCAL |SESSION |TRANSACTION )(\w+)"
                      rb"|SELECT pg_catalog\.set_config\('(\w+)'.*, false\)"
@@ -69,6 +71,8 @@ SETTING = re.compile(rb"SET (?!LOCAL |SESSION |TRANSACTION )(\w+)"
 # What may wait for the sessions, all together: enough for the reader to be well into
 # the next table while a session is still loading the end of a big one.
 QUEUE_BYTES = 64 * 1024 * 1024
+# Entries a session remembers (to name the one that fails) before it asks for a marker.
+ENTRIES_KEPT = 1000
 ERROR_LINE = re.compile(r"psql:<stdin>:(\d+): (?=(?:ERROR|FATAL|PANIC):)")
 
 
@@ -166,7 +170,7 @@ def pick_session(in_flight: list[frozenset[bytes] | None], tables: frozenset[byt
 def settings_in(text: bytes) -> list[tuple[bytes, bytes]]:
     """The statements in an "sql" piece that set something for the rest of the script,
     as (what they set, the statement)."""
-    if not (b"SET " in text or b"set_config(" in text or b"\\restrict " in text):
+    if not MAY_SET.search(text):  # most pieces: no need to lex them
         return []
     found = []
     for statement in statements(text):
@@ -219,6 +223,7 @@ class Budget:
         self.limit = limit
         self.queued = 0
         self.room = threading.Condition()
+        self.broken = False  # a session ended: what is queued for it will never drain
 
 
 @dataclass
@@ -235,10 +240,12 @@ class Session:
     reached: int = 0  # markers psql has printed
     ended: bool = False
     lines: int = 0  # lines written so far (psql's error messages count them)
-    entries: list[tuple[int, Header]] = field(default_factory=list)
+    # (first line, header) of the entries written since the last marker psql reached
+    entries: deque[tuple[int, Header]] = field(default_factory=deque)
+    marks: deque[tuple[int, int]] = field(default_factory=deque)  # (marker, its line)
     in_flight: dict[int, frozenset[bytes]] = field(default_factory=dict)
     settings: dict[bytes, bytes] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def __post_init__(self) -> None:
         self.queue: deque[bytes | None] = deque()
@@ -250,12 +257,13 @@ class Session:
 
     def write(self, data: bytes, header: Header | None = None) -> None:
         if header is not None:
+            self.forget_done()
             self.entries.append((self.lines + 1, header))
         self.lines += data.count(b"\n")
         with self.room:
-            while self.budget.queued > self.budget.limit and not self.ended:
+            while self.budget.queued > self.budget.limit and not self.budget.broken:
                 self.room.wait()
-            if self.ended:
+            if self.budget.broken:
                 raise SessionFailed
             self.queue.append(data)
             self.budget.queued += len(data)
@@ -264,7 +272,16 @@ class Session:
     def mark(self, tables: frozenset[bytes]) -> None:
         self.sent += 1
         self.in_flight[self.sent] = tables
+        self.marks.append((self.sent, self.lines + 2))
         self.write(b"\nSELECT '" + self.token + b" %d';\n" % self.sent)
+
+    def forget_done(self) -> None:
+        """Drop the entries before the last marker psql reached: none can fail now."""
+        done = 0
+        while self.marks and self.marks[0][0] <= self.reached:
+            done = self.marks.popleft()[1]
+        while self.entries and self.entries[0][0] < done:
+            self.entries.popleft()
 
     def close(self) -> None:
         with self.room:
@@ -307,25 +324,25 @@ class Session:
 
     def _read_markers(self) -> None:
         prefix = self.token + b" "
-        for line in self.process.stdout:
+        for line in io.BufferedReader(self.process.stdout):
             if line.startswith(prefix):
                 with self.changed:
                     self.reached = int(line[len(prefix):])
                     self.changed.notify_all()
         self.process.wait()
         with self.room:
-            self.ended = True
+            self.ended = self.budget.broken = True
             self.room.notify_all()
         with self.changed:
             self.changed.notify_all()
 
     def _read_errors(self) -> None:
-        for line in self.process.stderr:
-            if len(self.errors) < 200:
-                self.errors.append(line.decode(errors="replace").rstrip("\n"))
+        for line in io.BufferedReader(self.process.stderr):  # the last lines: psql stops
+            self.errors.append(line.decode(errors="replace").rstrip("\n"))  # at its error
 
     def failure(self) -> str:
-        return explain_failure(self.errors, self.entries, self.process.returncode)
+        return explain_failure(list(self.errors), list(self.entries),
+                               self.process.returncode)
 
 
 # --- the router -------------------------------------------------------------------------
@@ -391,6 +408,8 @@ class Applier:
 
     def send(self, piece: Piece) -> None:
         session = self.current
+        if piece.starts_entry and len(session.entries) >= ENTRIES_KEPT:
+            session.mark(frozenset())  # in a long run of the schema: what is done, is done
         if piece.kind == "sql":
             for key, statement in settings_in(piece.text):
                 self.settings[key] = session.settings[key] = statement
