@@ -252,8 +252,10 @@ class Session:
     def __post_init__(self) -> None:
         self.queue: deque[bytes | None] = deque()
         self.room = self.budget.room
-        for target in (self._write, self._read_markers, self._read_errors):
-            threading.Thread(target=target, daemon=True).start()
+        self.threads = [threading.Thread(target=target, daemon=True)
+                        for target in (self._write, self._read_markers, self._read_errors)]
+        for thread in self.threads:
+            thread.start()
 
     # -- the router's side --
 
@@ -347,6 +349,7 @@ class Session:
             self.errors.append(line.decode(errors="replace").rstrip("\n"))  # at its error
 
     def failure(self) -> str:
+        self.threads[2].join(timeout=5)  # psql has ended: read the rest of what it said
         return explain_failure(list(self.errors), list(self.entries),
                                self.process.returncode)
 
@@ -451,7 +454,7 @@ class Applier:
 
     def failed(self) -> list[Session]:
         """The sessions that ended on their own (before stop()): the cause."""
-        ended = [s for s in self.sessions if s.ended]
+        ended = [s for s in self.sessions if s.process.poll() is not None]
         return [s for s in ended if s.process.returncode != 0] or ended
 
 
