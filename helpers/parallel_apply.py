@@ -214,6 +214,14 @@ def explain_failure(errors: list[str], entries: list[tuple[int, Header]],
 # --- the sessions -----------------------------------------------------------------------
 
 
+def grow_pipe(fd: int) -> None:
+    """Linux: a bigger pipe to a session, fewer wake-ups of psql and of its writer."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (AttributeError, OSError):
+        pass
+
+
 class SessionFailed(Exception):
     pass
 
@@ -304,10 +312,7 @@ class Session:
 
     def _write(self) -> None:
         pipe = self.process.stdin
-        try:  # Linux: a bigger pipe, fewer wake-ups of psql and of this thread
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except (AttributeError, OSError):
-            pass
+        grow_pipe(pipe.fileno())
         try:
             while True:
                 with self.room:
