@@ -29,7 +29,8 @@ A failure in any session stops them all (SIGINT: psql cancels the running statem
 the one line on stderr names the entry it failed in, from its header (psql's line
 numbers count per session). With --lifeline FD (a pipe whose writer is the controlling
 process), the sessions are stopped as soon as that process is gone. Memory is bounded
-by a few megabytes a session, whatever the dump's size.
+whatever the dump's size: at most 64 MiB queued for the sessions (QUEUE_BYTES), what
+the reader holds (about 1 MiB), and the entries of the schema not yet applied.
 """
 from __future__ import annotations
 
