@@ -66,7 +66,8 @@ TABLE_OF = re.compile(rb"^(?:ALTER TABLE|CREATE (?:UNIQUE )?INDEX " + NAME
 REFERENCED = re.compile(rb"\bREFERENCES " + QUALIFIED)
 # Statements that set something for the rest of the script.
 MAY_SET = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config\(|\\restrict )", re.MULTILINE)
-LEADING = re.compile(rb"(?:\s|--[^\n]*\n)*")
+LEADING = re.compile(rb"(?:\s|--[^\n]*(?:\n|\Z))*")
+COPY_START = re.compile(rb"COPY .* FROM stdin;\s*\Z", re.DOTALL)
 SETTING = re.compile(rb"SET (?!LOCAL |SESSION |TRANSACTION )(\w+)"
                      rb"|SELECT pg_catalog\.set_config\('(\w+)'.*, false\)"
                      rb"|(\\restrict) ", re.DOTALL)
@@ -150,7 +151,7 @@ class Planner:
         return [*actions, Start(unit), Send(piece)]
 
     def finish(self) -> list[Action]:
-        return [End(), Barrier()] if self.unit is not None else []
+        return [End()] if self.unit is not None else []
 
 
 def pick_session(in_flight: list[frozenset[bytes] | None], tables: frozenset[bytes],
@@ -183,6 +184,19 @@ def settings_in(text: bytes) -> list[tuple[bytes, bytes]]:
             key = next(group for group in match.groups() if group)
             found.append((key.lower(), statement[start:].rstrip() + b"\n"))
     return found
+
+
+def ends_cleanly(piece: Piece) -> bool:
+    """Whether the dump may end after `piece`: not inside a COPY block's rows, nor inside
+    a statement (a marker after either would never be reached)."""
+    if piece.kind == "data":
+        return piece.ends_copy
+    said = [statement[LEADING.match(statement).end():]  # after blank lines and comments
+            for statement in statements(piece.text)]
+    last = next((statement for statement in reversed(said) if statement), b"")
+    if not last or last.startswith(b"\\"):  # nothing, or a meta-command line
+        return True
+    return last.endswith(b";") and not COPY_START.search(last)  # cut after its `;`
 
 
 def describe(header: Header) -> str:
@@ -225,6 +239,10 @@ def grow_pipe(fd: int) -> None:
 
 class SessionFailed(Exception):
     pass
+
+
+class DumpCut(Exception):
+    """The dump ends inside a statement or a COPY block (its inflater was stopped)."""
 
 
 class Budget:
@@ -377,20 +395,28 @@ class Applier:
 
     def run(self, pieces: Iterable[Piece], sql_filter: Callable[[bytes], bytes] | None) -> None:
         planner = Planner()
+        piece = None
         for piece in pieces:
             if sql_filter is not None and piece.kind == "sql":
                 piece = Piece(piece.kind, piece.header, sql_filter(piece.text),
                               piece.starts_entry, piece.ends_copy)
             for action in planner.route(piece):
                 self.act(action)
+        if piece is not None and not ends_cleanly(piece):
+            raise DumpCut(describe(piece.header) if piece.header else "its first statements")
         for action in planner.finish():
             self.act(action)
+        # No last barrier: psql runs to the end of its input and stops, even should the
+        # dump leave a marker inside a string; then each must have printed its last one.
         for session in self.sessions:
             session.close()
         for session in self.sessions:
             session.process.wait()
+            session.threads[1].join(timeout=5)  # its last lines of output
             if session.process.returncode != 0:
                 raise SessionFailed
+            if session.reached != session.sent:
+                raise DumpCut("its last statement")
 
     def act(self, action: Action) -> None:
         if isinstance(action, Send):
@@ -500,6 +526,10 @@ def apply(stream, jobs: int, first: list[str], others: list[str], lifeline: int 
         applier.stop()
         print(culprits[0].failure() if culprits else "psql: a session failed",
               file=sys.stderr)
+        return 1
+    except DumpCut as cut:
+        applier.stop()
+        print(f"psql: the SQL stops in the middle of {cut}", file=sys.stderr)
         return 1
     except BaseException:
         applier.stop()

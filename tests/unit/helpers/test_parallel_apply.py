@@ -6,6 +6,7 @@ import io
 
 from helpers.dumpsql import Header, read_dump
 from helpers.parallel_apply import (BUILD, DATA, FOREIGN_KEYS, ORDERED, Barrier, Planner,
+                                    ends_cleanly,
                                     Send, Start, explain_failure, pick_session, psql_commands,
                                     settings_in, stage_of)
 
@@ -77,14 +78,13 @@ def test_schema_then_data_then_keys_then_foreign_keys_with_barriers_between():
         ("barrier",), ("start", ORDERED), ("send", "TRIGGER"), ("end",),
         ("barrier",), ("start", FOREIGN_KEYS), ("send", "FK CONSTRAINT"), ("end",),
         ("barrier",), ("start", ORDERED), ("send", "MATERIALIZED VIEW DATA"), ("end",),
-        ("barrier",),
     ]
 
 
 def test_a_dump_without_entry_headers_goes_whole_to_one_session():
     sql = b"CREATE TABLE t (id int);\nCOPY t FROM stdin;\n1\n\\.\nSELECT pg_sleep(1);\n"
 
-    assert plan(sql) == [("start", ORDERED), ("send", None), ("end",), ("barrier",)]
+    assert plan(sql) == [("start", ORDERED), ("send", None), ("end",)]
 
 
 def test_every_piece_of_the_dump_is_sent_once_in_order():
@@ -187,3 +187,16 @@ def test_the_first_session_creates_the_database_then_connects_the_others_only_co
     assert others[others.index("--dbname"):] == ["--dbname", "postgresql://u@h/fresh",
                                                  "--file", "-"]
     assert "ON_ERROR_STOP=on" in others and "-X" in others
+
+
+def test_a_dump_cut_inside_rows_or_a_statement_does_not_end_cleanly():
+    pieces = list(read_dump(io.BytesIO(DUMP)))
+    cut_in_rows = list(read_dump(io.BytesIO(DUMP[:DUMP.index(b"2\n\\.\n")])))
+    cut_after_copy = list(read_dump(io.BytesIO(DUMP[:DUMP.index(b"1\n2\n\\.\n")])))
+    cut_in_function = list(read_dump(io.BytesIO(DUMP[:DUMP.index(b"RETURN 1;")])))
+
+    assert ends_cleanly(pieces[-1])
+    assert not ends_cleanly(cut_in_rows[-1])
+    assert not ends_cleanly(cut_after_copy[-1])
+    assert not ends_cleanly(cut_in_function[-1])
+    assert ends_cleanly(list(read_dump(io.BytesIO(b"SELECT 1;\n-- done")))[-1])
