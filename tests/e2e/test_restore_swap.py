@@ -316,6 +316,12 @@ def slow_backup(master_key, tmp_path):
     return sleepy_backup(tmp_path, "2026-02-02T031700", master_key, 60)
 
 
+def no_session_of_ours(pg) -> bool:
+    """No session of the restore's (psql's application name) is left on the server."""
+    return pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                               " application_name = 'carabase-backup'").strip() == "0"
+
+
 def query_waiting(pg, dbname: str, like: str) -> bool:
     return pg.psql("postgres", "select count(*) from pg_stat_activity where query like"
                                f" '{like}' and datname = '{dbname}'").strip() != "0"
@@ -374,8 +380,7 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
     finally:
         blocker.kill()
     # The swap's psql gets its lock now, then finds the end of its script: no COMMIT.
-    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                         " application_name = 'carabase-backup'").strip() == "0",
+    wait_for(lambda: no_session_of_ours(pg),
              "the orphaned psql to end")
 
     assert snapshot(pg, source_db) == before
@@ -456,8 +461,7 @@ def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, sourc
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=30)
     # psql goes on to the end of the dump, then finds no COMMIT.
-    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                         " application_name = 'carabase-backup'").strip() == "0",
+    wait_for(lambda: no_session_of_ours(pg),
              "the orphaned psql to end")
 
     assert snapshot(pg, source_db) == before
@@ -525,8 +529,7 @@ def test_sigkill_during_a_parallel_apply_stops_its_sessions_at_once(
     killed.communicate(timeout=30)
 
     # Its lifeline cut, the apply cancels the sleep rather than sleeping on for minutes.
-    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                         " application_name = 'carabase-backup'").strip() == "0",
+    wait_for(lambda: no_session_of_ours(pg),
              "the sessions to end", timeout=15)
     assert snapshot(pg, source_db) == before
     assert databases_like(pg, source_db) == [source_db, restoring]  # for the next restore
