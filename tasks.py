@@ -55,7 +55,7 @@ from helpers import (cronlog, drill, dumproles, dumpscan, freshness, install, la
 from helpers.config import (ENVS, Database, check_env, compress_threads, compression_profile,
                             compression_program, configured_envs, database, drill_database,
                             env_dir, isal_loads, lock_wait_timeout, parse_database_url,
-                            require_key, user_path)
+                            require_key, restore_jobs, restore_sessions, user_path)
 from helpers.errors import UserError
 from helpers.failures import explain_pipeline_failure
 from helpers.process import (Interrupted, env_lock, on_lifeline, stop_on_signal,
@@ -308,13 +308,16 @@ def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Pr
                     " database, in one transaction (see docs/restoring.md for its limits)",
         "drop-settings": "leave out the target's settings this role could not set again"
                          " (each is named) instead of refusing",
+        "jobs": "sessions that load the fresh database (default CARABASE_RESTORE_JOBS, else"
+                " one per core; one for a backup under 1 MiB)",
     }
 )
 def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False,
-            drop_settings=False):
+            drop_settings=False, jobs=None):
     """Restore a backup into an env's database: build it fresh, then swap it in."""
     action = f"restore into {env}"
     check_env(env)
+    jobs = restore_jobs(jobs)
     source = user_path(file)
     if not source.exists():
         raise UserError(f"{action}: no such backup file: {source}")
@@ -338,6 +341,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
             tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action,
+                                    restore_sessions(jobs, source.stat().st_size),
                                     force=probe.restoring.superuser)
     elapsed = time.monotonic() - started
     print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
@@ -368,7 +372,7 @@ def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
 
 def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
-                     action: str, force: bool = False) -> bool:
+                     action: str, jobs: int = 1, force: bool = False) -> bool:
     """Build the backup into a fresh database, then swap it in for `target`. False if,
     the swap done, an old copy could not be dropped (said on stderr). `force`: the
     role may drop with WITH (FORCE) (swap.drop_database_sql)."""
@@ -382,7 +386,8 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database
               *swap.drop_database_sql(retired, force),
               swap.create_database_sql(fresh.name, identity)]
     try:
-        apply_dump(c, plaintext, facts, fresh, action, create=create, server=server)
+        apply_dump(c, plaintext, facts, fresh, action, create=create, server=server,
+                   jobs=jobs)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
@@ -584,26 +589,28 @@ def dump_stream(plaintext: Plaintext, facts: DumpFacts, action: str) -> str:
 
 
 def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: str,
-               create: list[str] = (), server: Database | None = None) -> None:
+               create: list[str] = (), server: Database | None = None, jobs: int = 1) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap).
     `create`: statements that make `db`, run first in the same psql, each on its own, on
     `server` (one psql start fewer than a psql of their own); psql then connects to `db`
-    by its URI, as any other psql here would.
+    by its URI, as any other psql here would. Over `jobs` sessions when more than one
+    (helpers.parallel_apply), except for an older backup (its DROP block is for one).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
-    if create:
-        first = [word for sql in create for word in ("--command", sql)]
-        # Unset before psql reads the dump, where it would replace any `:fresh` that
-        # stands outside quotes (an array slice `a[1:fresh]`).
-        psql = psql_command(server or maintenance_of(db), *first, "--set", f"fresh={db.uri}",
-                            "--command", r"\connect :fresh", "--command", r"\unset fresh",
-                            "--file", "-")
+    server = server or maintenance_of(db)
+    if jobs > 1 and not facts.clean_section:
+        # Its lifeline (fd 3) is the shell's stdin, a pipe this process holds: killed,
+        # even by SIGKILL, it stops its sessions instead of loading on unattended.
+        first = ["--server", server.uri, *(w for sql in create for w in ("--command", sql))]
+        apply = helper_command("parallel_apply", "--jobs", str(jobs), "--dbname", db.uri,
+                               "--lifeline", "3", *(first if create else []))
+        command = "exec 3<&0; " + pipeline(dump_stream(plaintext, facts, action), apply)
     else:
-        psql = psql_command(db, "--file", "-")
-    command = pipeline(dump_stream(plaintext, facts, action), psql + " > /dev/null")
+        command = pipeline(dump_stream(plaintext, facts, action),
+                           apply_psql(db, create, server) + " > /dev/null")
     # Each statement commits without waiting for its WAL to reach the disk: safe, because
     # the swap's own COMMIT waits for all WAL written before it, this database's included.
     options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
@@ -612,6 +619,18 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
                    hide=True, warn=True, in_stream=False)
     if not result.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
+
+
+def apply_psql(db: Database, create: list[str], server: Database) -> str:
+    """The one psql that applies the dump (after `create`, on `server`, when given)."""
+    if not create:
+        return psql_command(db, "--file", "-")
+    first = [word for sql in create for word in ("--command", sql)]
+    # Unset before psql reads the dump, where it would replace any `:fresh` that stands
+    # outside quotes (an array slice `a[1:fresh]`).
+    return psql_command(server, *first, "--set", f"fresh={db.uri}",
+                        "--command", r"\connect :fresh", "--command", r"\unset fresh",
+                        "--file", "-")
 
 
 READY = "carabase: ready to commit"
@@ -1379,6 +1398,7 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
     pass (counting its COPY rows on the way), apply it into a fresh scratch database,
     count what arrived, always drop it."""
     scanner, named = dumpscan.DumpScanner(), dumproles.DumpRoles()
+    jobs = restore_sessions(restore_jobs(), source.stat().st_size)  # as a restore would
 
     def sink(sql: bytes) -> None:
         scanner.feed(sql)
@@ -1402,7 +1422,7 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
         try:
             started = time.monotonic()
             try:
-                apply_dump(c, plaintext, facts, scratch, action)
+                apply_dump(c, plaintext, facts, scratch, action, jobs=jobs)
             except UserError as failed:
                 return drill.Proof("FAIL", problems=[f"the restore failed: {failed.message}"]), \
                     time.monotonic() - started

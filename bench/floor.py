@@ -13,15 +13,19 @@ measures, alternating the runs of what it compares and reporting medians (min-ma
   (1) the floor of any logical backup: pg_dump -Fp (the backup's own options) > /dev/null
   (2) invoke backup.dev with CARABASE_COMPRESSION=fast (ISA-L level 2) and =best
       (pigz -9), as ratios to (1), and each backup's size
-  (3) invoke backup.restore staging FILE --yes --no-keep into an existing (empty)
-      database, against a bare createdb X && gunzip -c FILE | psql X of the same dump
+  (3) invoke backup.restore staging FILE --yes --no-keep --jobs N (N = 1, 2, 4) into an
+      existing (empty) database, against a bare createdb X && gunzip -c FILE | psql X of
+      the same dump, and against createdb X && pg_restore -j 2 of a pg_dump -Fd -j 2 of
+      the same database (what users of the directory format get)
   (4) on a tiny database (one table, a few rows; --tiny-runs, default 10): the fixed
       cost of a backup (invoke backup.dev minus pg_dump | gzip | encrypt > file) and of a
-      restore (invoke backup.restore minus createdb && decrypt | gunzip | psql)
+      restore (invoke backup.restore minus createdb && decrypt | gunzip | psql), and the
+      restore with its default sessions against --jobs 1
   (5) how many processes a tiny restore and a tiny backup start: psql by a counting
       wrapper first on PATH; every program (bash, python...) with strace, when installed
 
-and prints a Markdown table. Everything it makes (databases, a temporary directory, a
+and prints a Markdown table (--only-restore: (3) and (4) alone, with the scaling table
+README.md quotes). Everything it makes (databases, a temporary directory, a
 random key file) is removed at the end. The server: --url, else the one the PG*
 variables name, else postgres@127.0.0.1:5432 (as bench/run.py). Needs pg_dump, psql,
 pgbench, createdb and gzip; pigz for `best` as the README describes it.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import platform
 import re
@@ -76,6 +81,8 @@ def main() -> int:
     parser.add_argument("--tiny-runs", type=int, default=10,
                         help="timed runs of each case on the tiny database")
     parser.add_argument("--url", help="libpq URL of the server's maintenance database")
+    parser.add_argument("--only-restore", action="store_true",
+                        help="measure only the restores, (3) and (4)")
     args = parser.parse_args()
     started = time.monotonic()
     try:
@@ -97,8 +104,8 @@ def benchmark(args, workdir: Path) -> list[str]:
     name = f"carabase_floor_{uuid.uuid4().hex[:8]}"
     databases = {
         "source": name, "staging": f"{name}_staging", "bare": f"{name}_bare",
-        "tiny": f"{name}_tiny", "tiny_staging": f"{name}_tiny_staging",
-        "tiny_bare": f"{name}_tiny_bare",
+        "pg_restore": f"{name}_pg_restore", "tiny": f"{name}_tiny",
+        "tiny_staging": f"{name}_tiny_staging", "tiny_bare": f"{name}_tiny_bare",
     }
     url = {role: on_database(maintenance, db) for role, db in databases.items()}
     base_env = {**os.environ, "PGAPPNAME": "carabase-bench"}
@@ -139,7 +146,8 @@ def benchmark(args, workdir: Path) -> list[str]:
         f" Python {platform.python_version()}; load average at the end"
         f" {os.getloadavg()[0]:.2f}.",
         f"Command: `.venv/bin/python bench/floor.py --scale {args.scale} --runs {args.runs}"
-        f" --tiny-runs {args.tiny_runs}`; medians (min-max) of alternating runs.",
+        f" --tiny-runs {args.tiny_runs}{' --only-restore' if args.only_restore else ''}`;"
+        " medians (min-max) of alternating runs.",
         "",
     ]
     return header + rows
@@ -167,11 +175,16 @@ def measure(args, workdir: Path, maintenance: str, databases: dict[str, str],
     def dump(source: str) -> str:
         return shlex.join(["pg_dump", *PG_DUMP_OPTIONS, "--dbname", source])
 
+    def restore(file: Path, task_env: dict[str, str], jobs: int | None = None) -> float:
+        sessions = [] if jobs is None else ["--jobs", str(jobs)]
+        return timed([*invoke, "backup.restore", "staging", str(file), "--yes", "--no-keep",
+                      *sessions], task_env, "invoke backup.restore")
+
     # (1), (2): backups.
     say("(1), (2): the floor and the backups (after one untimed dump, to warm the caches)...")
     run(shell(f"{dump(url['source'])} > /dev/null"), env, "pg_dump")
     sql_size = int(run(shell(f"{dump(url['source'])} | wc -c"), env, "pg_dump | wc -c").stdout)
-    backup_times = alternate(args.runs, {
+    backup_times = {} if args.only_restore else alternate(args.runs, {
         "floor": lambda: timed(shell(f"{dump(url['source'])} > /dev/null"), env, "pg_dump"),
         "fast": lambda: backup("fast"),
         "best": lambda: backup("best"),
@@ -187,11 +200,15 @@ def measure(args, workdir: Path, maintenance: str, databases: dict[str, str],
     dump_gz = workdir / "big.sql.gz"
     with open(backup_file, "rb") as src, open(dump_gz, "wb") as dst:
         crypto.decrypt_to(key, src, dst)
+    directory_dump = workdir / "big.d"
+    run(["pg_dump", "-Fd", "-j", "2", *PG_DUMP_OPTIONS[1:], "-f", str(directory_dump),
+         "--dbname", url["source"]], env, "pg_dump -Fd -j 2")
     createdb = ["createdb", f"--maintenance-db={maintenance}"]
 
     def fresh_targets():
         """No bare database; the staging target exists, empty; no restore leftovers."""
-        drop_database(maintenance, databases["bare"], env)
+        for scratch in ("bare", "pg_restore"):
+            drop_database(maintenance, databases[scratch], env)
         for suffix in RESTORE_SUFFIXES:
             drop_database(maintenance, databases["staging"] + suffix, env)
         create_database(maintenance, databases["staging"], env)
@@ -203,8 +220,12 @@ def measure(args, workdir: Path, maintenance: str, databases: dict[str, str],
             f" && gunzip -c {shlex.quote(str(dump_gz))}"
             f" | psql -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(url['bare'])} > /dev/null"),
             env, "createdb && gunzip | psql"),
-        "invoke": lambda: timed([*invoke, "backup.restore", "staging", str(backup_file),
-                                 "--yes", "--no-keep"], env, "invoke backup.restore"),
+        "pg_restore -j 2": lambda: timed(shell(
+            f"{shlex.join([*createdb, databases['pg_restore']])}"
+            f" && pg_restore -j 2 -d {shlex.quote(url['pg_restore'])}"
+            f" {shlex.quote(str(directory_dump))}"), env, "createdb && pg_restore -j 2"),
+        **{f"--jobs {jobs}": functools.partial(restore, backup_file, env, jobs)
+           for jobs in RESTORE_JOBS},
     }, before=fresh_targets)
     fresh_targets()  # drops the restored copy now rather than at the end
 
@@ -226,7 +247,7 @@ def measure(args, workdir: Path, maintenance: str, databases: dict[str, str],
         clear_backups()
         drop_database(maintenance, databases["tiny_bare"], env)
 
-    tiny_times = alternate(args.tiny_runs, {
+    tiny_cases = {
         "bare backup": lambda: timed(shell(
             f"{dump(url['tiny'])} | gzip | {encrypt} > {shlex.quote(str(bare_file))}"),
             tiny_env, "pg_dump | gzip | encrypt"),
@@ -236,66 +257,124 @@ def measure(args, workdir: Path, maintenance: str, databases: dict[str, str],
             f" && {decrypt} < {shlex.quote(str(tiny_file))} | gunzip -c"
             f" | psql -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(url['tiny_bare'])} > /dev/null"),
             tiny_env, "createdb && decrypt | gunzip | psql"),
-        "restore": lambda: timed([*invoke, "backup.restore", "staging", str(tiny_file),
-                                  "--yes", "--no-keep"], tiny_env, "invoke backup.restore"),
-    }, before=tiny_reset)
+        "restore": lambda: restore(tiny_file, tiny_env),
+        "restore --jobs 1": lambda: restore(tiny_file, tiny_env, 1),
+    }
+    if args.only_restore:
+        del tiny_cases["bare backup"], tiny_cases["backup"]
+    tiny_times = alternate(args.tiny_runs, tiny_cases, before=tiny_reset)
 
     # (5): the processes of one tiny restore and one tiny backup.
-    say("(5): counting processes...")
-    tiny_reset()
-    started = {
-        "restore": count_processes([*invoke, "backup.restore", "staging", str(tiny_file),
-                                    "--yes", "--no-keep"], tiny_env, workdir),
-        "backup": count_processes([*invoke, "backup.dev"], tiny_env, workdir),
-    }
-    clear_backups()
+    started = {}
+    if not args.only_restore:
+        say("(5): counting processes...")
+        tiny_reset()
+        started = {
+            "restore": count_processes([*invoke, "backup.restore", "staging", str(tiny_file),
+                                        "--yes", "--no-keep"], tiny_env, workdir),
+            "backup": count_processes([*invoke, "backup.dev"], tiny_env, workdir),
+        }
+        clear_backups()
 
-    floor = statistics.median(backup_times["floor"])
-    ratio = {profile: statistics.median(backup_times[profile]) / floor
-             for profile in ("fast", "best")}
-    bare_restore = statistics.median(restore_times["bare"])
-    restore_ratio = statistics.median(restore_times["invoke"]) / bare_restore
-    backup_overhead = (statistics.median(tiny_times["backup"])
-                       - statistics.median(tiny_times["bare backup"]))
-    restore_overhead = (statistics.median(tiny_times["restore"])
-                        - statistics.median(tiny_times["bare restore"]))
+    rows = [
+        f"Dump: {sql_size / MIB:.0f} MiB of SQL; backup {sizes['best'] / MIB:.1f} MiB (best);"
+        f" tiny backup {sizes['default']} bytes.",
+        "",
+        "| measurement | median (min-max) | result | target | |",
+        "|---|---|---|---|---|",
+    ]
+    if not args.only_restore:
+        rows += backup_rows(backup_times, sizes, sql_size)
+    rows += restore_rows(restore_times, sql_size)
+    rows += tiny_rows(tiny_times, started)
+    return [*rows, "", *scaling_table(restore_times)]
+
+
+# The sessions (3) restores with, the default (one per core) among them.
+RESTORE_JOBS = tuple(sorted({1, 2, 4, os.cpu_count() or 1}))
+
+
+def backup_rows(times: dict[str, list[float]], sizes: dict[str, int],
+                sql_size: int) -> list[str]:
+    floor = statistics.median(times["floor"])
+    ratio = {profile: statistics.median(times[profile]) / floor for profile in ("fast", "best")}
     fast_label = "ISA-L level 2" if isal_loads() else "level 1: ISA-L does not load"
     best_label = (f"pigz -9, {os.cpu_count()} threads" if shutil.which("pigz")
                   else "gzip -9: no pigz")
     options = " ".join(PG_DUMP_OPTIONS)
     return [
-        f"Dump: {sql_size / MIB:.0f} MiB of SQL; backups {sizes['fast'] / MIB:.1f} MiB (fast),"
-        f" {sizes['best'] / MIB:.1f} MiB (best); tiny backup {sizes['default']} bytes.",
-        "",
-        "| measurement | median (min-max) | result | target | |",
-        "|---|---|---|---|---|",
-        f"| (1) floor: `pg_dump {options} > /dev/null` | {seconds(backup_times['floor'])}"
+        f"| (1) floor: `pg_dump {options} > /dev/null` | {seconds(times['floor'])}"
         f" | {sql_size / MIB / floor:.0f} MiB/s of SQL | floor | |",
         f"| (2) `invoke backup.dev`, `CARABASE_COMPRESSION=fast` ({fast_label})"
-        f" | {seconds(backup_times['fast'])} | {ratio['fast']:.2f}x the floor,"
+        f" | {seconds(times['fast'])} | {ratio['fast']:.2f}x the floor,"
         f" {sizes['fast'] / MIB:.1f} MiB | at most 1.3x | {verdict(ratio['fast'] <= 1.3)} |",
         f"| (2) `invoke backup.dev`, `CARABASE_COMPRESSION=best` ({best_label})"
-        f" | {seconds(backup_times['best'])} | {ratio['best']:.2f}x the floor,"
+        f" | {seconds(times['best'])} | {ratio['best']:.2f}x the floor,"
         f" {sizes['best'] / MIB:.1f} MiB | reference | |",
-        "| (3) bare `createdb X && gunzip -c FILE \\| psql X`"
-        f" | {seconds(restore_times['bare'])} | {sql_size / MIB / bare_restore:.0f} MiB/s"
-        " of SQL | baseline | |",
-        "| (3) `invoke backup.restore staging FILE --yes --no-keep` (target exists, empty)"
-        f" | {seconds(restore_times['invoke'])} | {restore_ratio:.2f}x the bare restore"
-        f" | at most 1.05x | {verdict(restore_ratio <= 1.05)} |",
-        "| (4) tiny: bare `pg_dump \\| gzip \\| python -m helpers.crypto encrypt > file`"
-        f" | {seconds(tiny_times['bare backup'])} | baseline | | |",
-        f"| (4) tiny: `invoke backup.dev` | {seconds(tiny_times['backup'])}"
-        f" | {backup_overhead:+.2f} s over bare | at most 0.25 s"
-        f" | {verdict(backup_overhead <= 0.25)} |",
-        "| (4) tiny: bare `createdb X && python -m helpers.crypto decrypt < file \\| gunzip -c"
-        f" \\| psql X` | {seconds(tiny_times['bare restore'])} | baseline | | |",
-        "| (4) tiny: `invoke backup.restore staging FILE --yes --no-keep`"
-        f" | {seconds(tiny_times['restore'])} | {restore_overhead:+.2f} s over bare"
-        f" | at most 0.4 s | {verdict(restore_overhead <= 0.4)} |",
-        f"| (5) processes a tiny restore starts | {started['restore']} | | fewer is better | |",
-        f"| (5) processes a tiny backup starts | {started['backup']} | | fewer is better | |",
     ]
+
+
+def restore_rows(times: dict[str, list[float]], sql_size: int) -> list[str]:
+    bare = statistics.median(times["bare"])
+    pg_restore = statistics.median(times["pg_restore -j 2"])
+    default = f"--jobs {os.cpu_count() or 1}"
+    rows = [
+        "| (3) bare `createdb X && gunzip -c FILE \\| psql X`"
+        f" | {seconds(times['bare'])} | {sql_size / MIB / bare:.0f} MiB/s of SQL | baseline | |",
+        "| (3) `createdb X && pg_restore -j 2 -d X DIR` (a `pg_dump -Fd -j 2`)"
+        f" | {seconds(times['pg_restore -j 2'])} | {pg_restore / bare:.2f}x the bare restore"
+        " | reference | |",
+    ]
+    for jobs in RESTORE_JOBS:
+        median = statistics.median(times[f"--jobs {jobs}"])
+        result = f"{median / bare:.2f}x bare, {median / pg_restore:.2f}x pg_restore -j 2"
+        target, met = "", ""
+        if f"--jobs {jobs}" == default:
+            target = "at most 1.0x bare and 1.15x pg_restore -j 2"
+            met = verdict(median <= bare and median <= 1.15 * pg_restore)
+        label = " (the default here)" if target else ""
+        rows.append(f"| (3) `invoke backup.restore staging FILE --yes --no-keep --jobs {jobs}`"
+                    f"{label} | {seconds(times[f'--jobs {jobs}'])} | {result} | {target}"
+                    f" | {met} |")
+    return rows
+
+
+def tiny_rows(times: dict[str, list[float]], started: dict[str, str]) -> list[str]:
+    rows = []
+    if "backup" in times:
+        overhead = statistics.median(times["backup"]) - statistics.median(times["bare backup"])
+        rows += [
+            "| (4) tiny: bare `pg_dump \\| gzip \\| python -m helpers.crypto encrypt > file`"
+            f" | {seconds(times['bare backup'])} | baseline | | |",
+            f"| (4) tiny: `invoke backup.dev` | {seconds(times['backup'])}"
+            f" | {overhead:+.2f} s over bare | at most 0.25 s | {verdict(overhead <= 0.25)} |",
+        ]
+    restore = statistics.median(times["restore"])
+    overhead = restore - statistics.median(times["bare restore"])
+    one = restore - statistics.median(times["restore --jobs 1"])
+    rows += [
+        "| (4) tiny: bare `createdb X && python -m helpers.crypto decrypt < file \\| gunzip -c"
+        f" \\| psql X` | {seconds(times['bare restore'])} | baseline | | |",
+        "| (4) tiny: `invoke backup.restore staging FILE --yes --no-keep`"
+        f" | {seconds(times['restore'])} | {overhead:+.2f} s over bare"
+        f" | at most 0.4 s | {verdict(overhead <= 0.4)} |",
+        "| (4) tiny: the same with `--jobs 1`"
+        f" | {seconds(times['restore --jobs 1'])} | the default {one:+.2f} s against it"
+        f" | the default no slower | {verdict(one <= 0)} |",
+    ]
+    for what, count in started.items():
+        rows.append(f"| (5) processes a tiny {what} starts | {count} | | fewer is better | |")
+    return rows
+
+
+def scaling_table(times: dict[str, list[float]]) -> list[str]:
+    """How the restore scales with its sessions, for README.md."""
+    bare = statistics.median(times["bare"])
+    rows = ["| restore of the bench database | median | against bare |", "|---|---|---|"]
+    for name in ("bare", "pg_restore -j 2", *(f"--jobs {jobs}" for jobs in RESTORE_JOBS)):
+        median = statistics.median(times[name])
+        rows.append(f"| {name} | {median:.2f} s | {median / bare:.2f}x |")
+    return rows
 
 
 def count_processes(argv: list[str], env: dict[str, str], workdir: Path) -> str:

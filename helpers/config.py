@@ -236,3 +236,31 @@ def compress_threads() -> int:
         raise UserError(f"CARABASE_COMPRESS_THREADS must be a whole number of threads, 1 or"
                         f" more, not {configured!r}")
     return int(configured)
+
+
+# Below this many compressed bytes a restore applies in one session unless told how
+# many: the parallel apply's Python and more psql sessions cost more to start than
+# they save on so little SQL.
+SMALL_RESTORE = 1024 * 1024
+
+
+def restore_jobs(option: str | None = None) -> int | None:
+    """How many sessions a restore loads the fresh database with, as asked: --jobs, else
+    CARABASE_RESTORE_JOBS; None when neither says (see restore_sessions)."""
+    source = "--jobs" if option is not None else "CARABASE_RESTORE_JOBS"
+    configured = str(option if option is not None
+                     else os.environ.get("CARABASE_RESTORE_JOBS", "")).strip()
+    if not configured:
+        return None
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses.
+    if not (configured.isascii() and configured.isdigit()) or int(configured) < 1:
+        raise UserError(f"{source} must be a whole number of sessions, 1 or more, not"
+                        f" {configured!r}")
+    return int(configured)
+
+
+def restore_sessions(jobs: int | None, backup_size: int) -> int:
+    """The sessions to use: as asked, else one per core (one for a small backup)."""
+    if jobs is not None:
+        return jobs
+    return 1 if backup_size < SMALL_RESTORE else os.cpu_count() or 1

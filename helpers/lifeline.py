@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 
 def run_on_lifeline(argv: list[str], lifeline: int = 0) -> int:
@@ -24,18 +25,34 @@ def run_on_lifeline(argv: list[str], lifeline: int = 0) -> int:
     # and the controlling process stops whatever is left (stop_on_signal).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    def cut() -> None:
+        if child.poll() is None:
+            terminate_descendants()
+
+    watch_lifeline(lifeline, cut)
+    status = child.wait()
+    return status if status >= 0 else 128 - status
+
+
+def watch_lifeline(lifeline: int, when_cut: Callable[[], None]) -> None:
+    """Call `when_cut` (in a thread of its own) once the file descriptor `lifeline`
+    reaches end-of-file: the process holding its other end is gone."""
     def watch() -> None:
         try:
             while os.read(lifeline, 4096):  # nobody writes: anything read is ignored
                 pass
         except OSError:  # an unusable lifeline is as good as a cut one
             pass
-        if child.poll() is None:
-            terminate_descendants()
+        when_cut()
 
     threading.Thread(target=watch, daemon=True).start()
-    status = child.wait()
-    return status if status >= 0 else 128 - status
+
+
+def start_with_pipes(argv: list[str]) -> subprocess.Popen:
+    """Start `argv` with pipes for its standard input, output and error (unbuffered):
+    how helpers.parallel_apply starts its psql sessions (processes are started here)."""
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
 
 
 def terminate_descendants() -> None:

@@ -8,7 +8,8 @@ from tests.pg import PgServer
 # Partitioned tables with keys and a foreign key to them, a NOT VALID domain constraint,
 # inheritance with a column added to the parent, generated and identity columns, a
 # materialized view, row-level security, identifiers that need quoting, a schema of
-# its own, and whichever contrib extensions this server has ({extensions}).
+# its own, deferred keys, triggers, rules, comments, a big table, and whichever contrib
+# extensions this server has ({extensions}).
 FEATURES_SQL = r'''
 {extensions}
 create domain positive_int as integer;
@@ -50,6 +51,25 @@ create function "Weird ""Schema""".twice(x int) returns int language sql immutab
   as $$ select x * 2 $$;
 create view "Weird ""Schema""".twice_view as select "Select", "Weird ""Schema""".twice("Select")
   from "Weird ""Schema""".";drop table x;";
+-- Keys checked at commit, a self-reference, a NOT VALID check, a trigger, a rule, an
+-- index on a partitioned table (attached to its partitions' ones), comments on keys.
+create table account (id int primary key,
+                      parent int references account deferrable initially deferred,
+                      code text unique deferrable initially deferred, balance int);
+insert into account select g, nullif(g - 1, 0), 'c' || g, g from generate_series(1, 50) g;
+alter table account add constraint balance_positive check (balance > 0) not valid;
+create function keep_balance() returns trigger language plpgsql
+  as $$ begin new.balance := old.balance; return new; end $$;
+create trigger account_keep_balance before update on account
+  for each row execute function keep_balance();
+create rule shapes_keep as on delete to shapes do instead nothing;
+create index on measurement (peak);
+comment on table account is 'accounts';
+comment on constraint account_pkey on account is 'the key';
+comment on index measurement_peak_idx is 'peaks';
+-- A table whose COPY block is large (about 8 MB), beside the small ones.
+create table big_copy (id int primary key, body text);
+insert into big_copy select g, repeat(md5(g::text), 4) from generate_series(1, 60000) g;
 {extension_tables}
 '''
 
@@ -137,6 +157,15 @@ select 'function', n.nspname, p.proname, pg_get_functiondef(p.oid) from pg_proc 
     and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')
 union all
 select 'extension', extname, extversion, '' from pg_extension
+union all
+select 'comment', pg_describe_object(classoid, objoid, objsubid), description, ''
+  from pg_description where objoid >= 16384
+union all
+select 'trigger', tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) from pg_trigger
+  where not tgisinternal
+union all
+select 'rule', schemaname, tablename, definition from pg_rules
+  where schemaname not in ('pg_catalog', 'information_schema')
 union all
 select 'sequence', schemaname, sequencename, coalesce(last_value::text, 'null') from pg_sequences
 union all

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from helpers import swap
+from tasks import PG_DUMP_OPTIONS
 from tests.e2e.real_schemas import (LARGE_OBJECTS_SQL, MANY_TABLES_SQL, available_extensions,
                                     features_sql, full_snapshot)
 from tests.backup_tree import files_under
@@ -86,12 +87,15 @@ def test_each_schema_holds_what_it_claims(pg, schema_backup):
         assert "rls|public|secrets|true true" in catalog
         assert "relation|public|big_shapes|m" in catalog
         assert 'Weird "Schema"' in catalog
+        assert "DEFERRABLE INITIALLY DEFERRED" in catalog and "trigger|account|" in catalog
+        assert "comment|index measurement_peak_idx|peaks|" in catalog
+        assert "public.big_copy|60000|" in "\n".join(expected["rows"])
         if not available_extensions(pg):
             pytest.skip("no contrib extension (pg_trgm, hstore, citext) on this server")
         assert "extension|" in catalog.replace("extension|plpgsql", "")
 
 
-def test_restore_over_another_schema_then_again_gives_exactly_the_backup(
+def test_restore_in_one_session_over_another_schema_then_in_three_gives_exactly_the_backup(
         pg, module_environ, schema_backup, database_factory):
     _, _, backup, expected = schema_backup
     target = database_factory()
@@ -101,13 +105,14 @@ def test_restore_over_another_schema_then_again_gives_exactly_the_backup(
     before = full_snapshot(pg, target)
     environ = {**module_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target)}
 
-    first = restore(environ, "staging", backup)
+    first = restore(environ, "staging", backup, "--jobs", "1")
     assert first.returncode == 0, first.stderr
     assert full_snapshot(pg, target) == expected
     assert full_snapshot(pg, swap.undo_name(target)) == before
     database_factory.adopt(swap.undo_name(target))
 
-    second = restore(environ, "staging", backup)
+    # Three sessions (helpers.parallel_apply), whatever the size of the backup.
+    second = restore(environ, "staging", backup, "--jobs", "3")
     assert second.returncode == 0, second.stderr
     assert full_snapshot(pg, target) == expected
     assert databases_like(pg, target) == [target, swap.undo_name(target)]
@@ -129,7 +134,8 @@ def test_older_backup_made_with_clean_if_exists_still_restores(
     target = database_factory()
     environ = {**module_environ, "CARABASE_STAGING_DATABASE_URL": pg.url(target)}
 
-    result = restore(environ, "staging", old, "--no-keep")
+    # Asked for three sessions: its DROP block, left out, is for one; it gets one.
+    result = restore(environ, "staging", old, "--no-keep", "--jobs", "3")
 
     assert result.returncode == 0, result.stderr
     assert full_snapshot(pg, target) == expected
@@ -342,6 +348,12 @@ def slow_backup(master_key, tmp_path):
     return sleepy_backup(tmp_path, "2026-02-02T031700", master_key, 60)
 
 
+def no_session_of_ours(pg) -> bool:
+    """No session of the restore's (psql's application name) is left on the server."""
+    return pg.psql("postgres", "select count(*) from pg_stat_activity where"
+                               " application_name = 'carabase-backup'").strip() == "0"
+
+
 def query_waiting(pg, dbname: str, like: str) -> bool:
     return pg.psql("postgres", "select count(*) from pg_stat_activity where query like"
                                f" '{like}' and datname = '{dbname}'").strip() != "0"
@@ -400,8 +412,7 @@ def test_sigkill_while_the_swap_waits_commits_nothing(
     finally:
         blocker.kill()
     # The swap's psql gets its lock now, then finds the end of its script: no COMMIT.
-    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                         " application_name = 'carabase-backup'").strip() == "0",
+    wait_for(lambda: no_session_of_ours(pg),
              "the orphaned psql to end")
 
     assert snapshot(pg, source_db) == before
@@ -482,11 +493,78 @@ def test_sigkill_during_an_in_place_apply_commits_nothing(pg, dev_environ, sourc
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=30)
     # psql goes on to the end of the dump, then finds no COMMIT.
-    wait_for(lambda: pg.psql("postgres", "select count(*) from pg_stat_activity where"
-                                         " application_name = 'carabase-backup'").strip() == "0",
+    wait_for(lambda: no_session_of_ours(pg),
              "the orphaned psql to end")
 
     assert snapshot(pg, source_db) == before
+
+
+# --- several sessions (helpers.parallel_apply) -------------------------------------------
+
+
+TWO_TABLES_SQL = """
+create table one (id int primary key, v text);
+insert into one values (1, 'a'), (2, 'b');
+create table two (id int primary key, n int);
+insert into two values (1, 10), (2, 20);
+create table three (id int primary key);
+insert into three values (1);
+"""
+
+
+@pytest.mark.parametrize("rows, damaged, said", [
+    # a row the table refuses: its COPY, in one of the sessions loading data
+    (b"1\t10\n2\t20\n", b"1\t10\n2\tzz\n",
+     'failed in TABLE DATA public.two: ERROR:  invalid input syntax for type integer: "zz"'),
+    # a key the rows break: its build, in one of the sessions building keys
+    (b"1\ta\n2\tb\n", b"1\ta\n1\tb\n",
+     'failed in CONSTRAINT public.one one_pkey: ERROR:  could not create unique index'
+     ' "one_pkey" DETAIL:  Key (id)=(1) is duplicated.'),
+], ids=["bad-row", "duplicate-key"])
+def test_a_failure_in_any_session_names_its_entry_and_changes_nothing(
+        pg, dev_environ, source_db, master_key, tmp_path, database_factory, rows, damaged,
+        said):
+    other = database_factory()
+    pg.psql(other, TWO_TABLES_SQL)
+    dump = subprocess.run(["pg_dump", *PG_DUMP_OPTIONS, "--dbname", pg.url(other)],
+                          capture_output=True, check=True).stdout
+    assert dump.count(rows) == 1
+    backup = seal_backup(tmp_path / "2026-02-07T031700.sql.gz.enc",
+                         gzip.compress(dump.replace(rows, damaged)), master_key)
+    before = snapshot(pg, source_db)
+
+    result = restore(dev_environ, "dev", backup, "--jobs", "3")
+
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"restore into dev failed, nothing was changed: psql: {said}"
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db]  # the fresh one dropped
+
+
+def test_sigkill_during_a_parallel_apply_stops_its_sessions_at_once(
+        pg, dev_environ, source_db, master_key, tmp_path, database_factory):
+    before = snapshot(pg, source_db)
+    restoring = swap.restoring_name(source_db)
+    database_factory.adopt(restoring)
+    # An entry built in one of the sessions that build indexes, sleeping there.
+    sql = ("--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\n"
+           "CREATE TABLE public.t (id int);\n\n"
+           "--\n-- Name: t_idx; Type: INDEX; Schema: public; Owner: -\n--\n\n"
+           "SELECT pg_sleep(120);\n")
+    backup = seal_backup(tmp_path / "2026-02-08T031700.sql.gz.enc",
+                         gzip.compress(sql.encode()), master_key)
+
+    killed = start_invoke("backup.restore", "dev", str(backup), "--yes", "--jobs", "3",
+                          env=dev_environ)
+    wait_for(lambda: query_waiting(pg, restoring, "%pg_sleep%"), "the apply to be under way")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=30)
+
+    # Its lifeline cut, the apply cancels the sleep rather than sleeping on for minutes.
+    wait_for(lambda: no_session_of_ours(pg),
+             "the sessions to end", timeout=15)
+    assert snapshot(pg, source_db) == before
+    assert databases_like(pg, source_db) == [source_db, restoring]  # for the next restore
 
 
 # --- a role that may not create databases -----------------------------------------------

@@ -170,8 +170,9 @@ analyze;
 """
 
 
+@pytest.mark.parametrize("jobs", ["1", "3"])
 def test_awkward_names_partitions_and_large_objects_drill_pass(drill_environ, pg,
-                                                                database_factory):
+                                                                database_factory, jobs):
     def create(pg):
         name = pg.create_database()
         pg.psql(name, AWKWARD)
@@ -179,7 +180,8 @@ def test_awkward_names_partitions_and_large_objects_drill_pass(drill_environ, pg
     environ = {**drill_environ, "CARABASE_DEV_DATABASE_URL": pg.url(database_factory(create))}
     take_backup(environ)
 
-    result = run_invoke("backup.drill", "dev", env=environ)
+    # The drill applies as a restore does: in one session, or in several.
+    result = run_invoke("backup.drill", "dev", env={**environ, "CARABASE_RESTORE_JOBS": jobs})
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("s: 4 tables, 3,004 rows")

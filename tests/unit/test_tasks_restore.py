@@ -118,6 +118,42 @@ def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tm
     assert "pw" not in command.replace("pipefail", "")
 
 
+def test_several_sessions_apply_through_the_parallel_apply_on_a_lifeline(tmp_path):
+    fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring", "V")
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz")
+    context = MockContext(run=Result(exited=0))
+    create = ['CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
+
+    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
+                     create=create, server=fresh.on_database("postgres"), jobs=3)
+
+    [command] = [call.args[0] for call in context.run.call_args_list]
+    # fd 3, the lifeline, is the shell's stdin: the pipe invoke holds.
+    assert command.startswith("exec 3<&0; set -o pipefail; ")
+    apply = shlex.split(command.rsplit("|", 1)[1])
+    assert apply[1:] == ["-m", "helpers.parallel_apply", "--jobs", "3",
+                         "--dbname", "postgresql://u@h/app__carabase_restoring",
+                         "--lifeline", "3", "--server", "postgresql://u@h/postgres",
+                         "--command", create[0]]
+    assert "pw" not in command.replace("pipefail", "")
+
+
+@pytest.mark.parametrize("jobs, clean_section", [(1, False), (4, True)],
+                         ids=["one-session", "older-backup"])
+def test_one_session_or_an_older_backup_applies_in_one_psql(tmp_path, jobs, clean_section):
+    db = parse_database_url("postgresql://u@h/app__carabase_restoring", "V")
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz")
+    context = MockContext(run=Result(exited=0))
+
+    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=clean_section), db,
+                     "restore", jobs=jobs)
+
+    [command] = [call.args[0] for call in context.run.call_args_list]
+    assert "parallel_apply" not in command and "3<&0" not in command
+    assert command.endswith("psql -X --quiet --set ON_ERROR_STOP=on --dbname"
+                            " postgresql://u@h/app__carabase_restoring --file - > /dev/null")
+
+
 def interrupted_swap(monkeypatch, oid_after: str):
     """replace_database with a swap that a SIGTERM cut short, and a server that says
     which database holds the target's name afterwards."""

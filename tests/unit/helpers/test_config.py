@@ -186,3 +186,35 @@ def test_lock_wait_timeout_that_is_not_whole_seconds_is_refused_in_one_line(monk
     with pytest.raises(UserError, match=r"^CARABASE_LOCK_WAIT_TIMEOUT must be a whole number"
                                         r" of seconds, from 1 to 2147483, not "):
         config.lock_wait_timeout()
+
+
+def test_restore_sessions_default_to_one_per_core_and_one_for_a_small_backup(monkeypatch):
+    monkeypatch.delenv("CARABASE_RESTORE_JOBS", raising=False)
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 6)
+
+    assert config.restore_jobs(None) is None
+    assert config.restore_sessions(None, config.SMALL_RESTORE) == 6
+    assert config.restore_sessions(None, config.SMALL_RESTORE - 1) == 1
+
+
+def test_restore_sessions_asked_for_are_used_whatever_the_size(monkeypatch):
+    monkeypatch.setenv("CARABASE_RESTORE_JOBS", " 3 ")
+
+    assert config.restore_sessions(config.restore_jobs(None), 100) == 3
+    assert config.restore_sessions(config.restore_jobs("1"), 10**9) == 1  # --jobs wins
+
+
+@pytest.mark.parametrize("option, variable, named", [
+    (None, "0", "CARABASE_RESTORE_JOBS"), (None, "two", "CARABASE_RESTORE_JOBS"),
+    (None, "²", "CARABASE_RESTORE_JOBS"), ("-1", "4", "--jobs"), ("1.5", None, "--jobs"),
+])
+def test_restore_sessions_that_are_not_a_whole_number_are_refused_in_one_line(
+        monkeypatch, option, variable, named):
+    if variable is None:
+        monkeypatch.delenv("CARABASE_RESTORE_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("CARABASE_RESTORE_JOBS", variable)
+
+    with pytest.raises(UserError, match=rf"^{named} must be a whole number of sessions, 1 or"
+                                        r" more, not '"):
+        config.restore_jobs(option)
