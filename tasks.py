@@ -343,19 +343,24 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
             tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action,
                                     restore_sessions(jobs, source.stat().st_size),
                                     force=probe.restoring.superuser)
-    elapsed = time.monotonic() - started
-    print(f"{action}: restored {source} into {target.uri} in {elapsed:.1f}s")
+    print(f"{action}: restored {source} into {target.uri} in"
+          f" {time.monotonic() - started:.1f}s")
     if in_place:
         print(f"{action}: applied in place: {undo_after_in_place(c, env, target, action)}")
-    elif identity is None:
-        print(f"{action}: {target.name} did not exist before: there is nothing to undo")
-    elif no_keep and tidy:
-        print(f"{action}: the replaced database was dropped (--no-keep): there is nothing"
-              " to undo")
     else:
-        print(f"{action}: the replaced database is kept as {swap.undo_name(target.name)}"
-              f" ({progress.human_bytes(identity.size)}); to put it back: invoke"
-              f" backup.undo-restore {env}{' --i-know' if env == 'prod' else ''}")
+        print(f"{action}: {what_undo_brings_back(env, target, identity, no_keep and tidy)}")
+
+
+def what_undo_brings_back(env: str, target: Database, identity: swap.DatabaseIdentity | None,
+                          dropped: bool) -> str:
+    """The restore's last line: where the replaced database went, and how to undo."""
+    if identity is None:
+        return f"{target.name} did not exist before: there is nothing to undo"
+    if dropped:
+        return "the replaced database was dropped (--no-keep): there is nothing to undo"
+    return (f"the replaced database is kept as {swap.undo_name(target.name)}"
+            f" ({progress.human_bytes(identity.size)}); to put it back: invoke"
+            f" backup.undo-restore {env}{' --i-know' if env == 'prod' else ''}")
 
 
 def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
