@@ -9,7 +9,6 @@ Running the restore itself is tasks.py's job.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from helpers.config import backup_root, env_dir
 from helpers.dumpscan import display_name
 from helpers.errors import UserError
 from helpers.process import file_lock
+from helpers.settings import write_private
 
 Table = tuple[str, str]  # (schema, name)
 
@@ -148,19 +148,10 @@ def record(env: str, proof: Proof, file: Path, finished: datetime,
             "seconds": None if seconds is None else round(seconds, 1),
             **{key: value for key, value in asdict(proof).items() if key != "result"}}
     path = record_path(env)
-    partial = path.with_name(f"{RECORD_NAME}.{os.getpid()}.tmp")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (json.dumps(data, indent=2) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"drill {env}: cannot record the result in {path}:"
-                        f" {error.strerror or error}") from None
+        write_private(path, json.dumps(data, indent=2) + "\n")
+    except UserError as error:
+        raise UserError(f"drill {env}: {error.message}") from None
     return path
 
 

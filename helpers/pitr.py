@@ -35,6 +35,7 @@ from helpers.config import build_uri, env_dir
 from helpers.errors import UserError
 from helpers.freshness import SEVERITY
 from helpers.offsite import WithOffsite
+from helpers.settings import write_private
 
 # HKDF-SHA256 of the master key, no salt, this info label, 32 bytes, as lowercase hex:
 # the master key alone gives the repository's passphrase (README: the derivation).
@@ -430,19 +431,10 @@ def write_drill_record(env: str, result: str, target: datetime, finished: dateti
     path = drill_record_path(env)
     data = {"schema": 1, "result": result, "target": utc_text(target),
             "finished": utc_text(finished), "seconds": round(seconds, 1), "problems": problems}
-    partial = path.with_name(f"{DRILL_RECORD}.{os.getpid()}.tmp")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (json.dumps(data, indent=2) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"pitr-drill {env}: cannot record the result in {path}:"
-                        f" {error.strerror or error}") from None
+        write_private(path, json.dumps(data, indent=2) + "\n")
+    except UserError as error:
+        raise UserError(f"pitr-drill {env}: {error.message}") from None
 
 
 def last_drill(env: str) -> dict | None:
