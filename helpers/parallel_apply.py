@@ -46,6 +46,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Union
 
 from helpers.dumpsql import Header, Piece, read_dump, statements
 from helpers.lifeline import start_with_pipes, watch_lifeline
@@ -111,7 +112,7 @@ class End:
     """The current unit is complete: its session reports when it gets there."""
 
 
-Action = Barrier | Start | Send | End
+Action = Union[Barrier, Start, Send, End]  # (not `|`: Python 3.9 evaluates this line)
 
 
 def stage_of(header: Header, text: bytes) -> Unit:
