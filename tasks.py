@@ -1720,6 +1720,12 @@ def write_pitr_files(c, setup: pitr.Setup, key: bytes, action: str) -> None:
             pitr.config_passphrase(setup.config.read_text()), passphrase):
         raise UserError(f"{action}: the repository {setup.repo} was set up with another"
                         " master key: use that key (its passphrase is derived from it)")
+    # The env's own folder first, as ours: pitr.json lives there, and what it names is
+    # what runs as root later; only the PITR folder and below go to the server's user.
+    if setup.directory in (env_dir(setup.env), *env_dir(setup.env).parents):
+        raise UserError(f"{action}: the PITR directory {setup.directory} would hold the"
+                        " backup tree: set CARABASE_PITR_REPO to a folder of its own")
+    ensure_private_dir(env_dir(setup.env))
     for directory in (setup.directory, *setup.subdirectories()):
         owned_dir(directory, setup.server.owner)
     text = pitr.render_config(setup, passphrase, pitr.retention_days())
@@ -1731,7 +1737,6 @@ def write_pitr_files(c, setup: pitr.Setup, key: bytes, action: str) -> None:
         raise UserError(f"{action}: {setup.server.owner} (the server's user) cannot reach"
                         f" {setup.config}: set CARABASE_PITR_REPO to a directory it can"
                         " reach, e.g. /var/lib/carabase-pitr")
-    ensure_private_dir(env_dir(setup.env))
     write_owned(pitr.pointer_path(setup.env), pitr.pointer_json(setup), pwd.getpwuid(
         os.geteuid()).pw_name)
 
@@ -2050,7 +2055,10 @@ def with_pitr(c, report, now: datetime):
 
 def pitr_drill_if_due(c, env: str) -> None:
     record = pitr.last_drill(env)
-    last = drill.finished_at(record) if record and "finished" in record else None
+    try:
+        last = drill.finished_at(record) if record and "finished" in record else None
+    except (TypeError, ValueError):  # a record not written by us: the drill is due
+        last = None
     if drill.is_due(drill.drill_schedule(os.environ), last, datetime.now().astimezone(),
                     record.get("result") if record else None):
         pitr_drill(c, env)
@@ -2101,18 +2109,22 @@ def send_ping(env: str, url: str | None, signal: str, body: str = "") -> None:
             print(f"nightly {env}: {problem}", file=sys.stderr)
 
 
+def rotate_log(env: str) -> str | None:
+    """cron.log rotated past 1 MiB: what to say of it, if anything."""
+    log = install.schedule_log(env)
+    try:
+        return cronlog.rotate(log) and f"{log} passed 1 MiB, kept as {log.name}.1"
+    except OSError as error:  # the night matters more than its log
+        return f"cannot rotate {log}: {error.strerror or error}"
+
+
 @task(help={"env": "dev, staging or prod"})
 def nightly(c, env):
     """Run one night of an env: backup, off-site copy, prune, drill when due.
 
     What the schedule runs. Stops at the first failure; pings CARABASE_NOTIFY_URL (start,
     success or fail); rotates cron.log."""
-    check_env(env)
-    log = install.schedule_log(env)
-    try:  # before printing anything, so that this night starts the new log
-        rotated = cronlog.rotate(log) and f"{log} passed 1 MiB, kept as {log.name}.1"
-    except OSError as error:  # the night matters more than its log
-        rotated = f"cannot rotate {log}: {error.strerror or error}"
+    rotated = rotate_log(check_env(env))  # first: this night starts the new log
     with cronlog.teeing(cronlog.OutputTail()) as tail:
         started = time.monotonic()
         print(f"nightly {env}: started {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
@@ -2120,7 +2132,13 @@ def nightly(c, env):
             print(f"nightly {env}: {rotated}")
         url = notify_setup(env)
         send_ping(env, url, "start")
-        for name, step in nightly_steps(c, env):
+        try:
+            steps = nightly_steps(c, env)
+        except UserError as error:  # an unreadable PITR set-up: the monitor hears of it
+            print(error.message, file=sys.stderr)
+            send_ping(env, url, "fail", tail.text())
+            raise Exit(code=error.code) from None
+        for name, step in steps:
             if step is None:
                 continue
             try:

@@ -303,8 +303,12 @@ def parse_target(text: str, local_zone=None) -> datetime | None:
         stamp = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if zone == 'Z' else zone or ''}")
     except ValueError as error:
         raise UserError(f"--to: {text!r} is not a valid time ({error})") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=local_zone) if local_zone else stamp.astimezone()
+    try:
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=local_zone) if local_zone else stamp.astimezone()
+        stamp.astimezone(timezone.utc)  # year 1 at +01, or 9999 at -01: out of range in UTC
+    except (OverflowError, ValueError):
+        raise UserError(f"--to: {text!r} is out of range") from None
     return stamp
 
 

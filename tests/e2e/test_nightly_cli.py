@@ -294,3 +294,17 @@ def test_log_past_1_mib_rotates_and_the_running_job_writes_into_the_new_log(
     assert log.read_text().count("nightly dev: started ") == 1
     assert sorted(path.name for path in log.parent.glob("cron.log*")) == [
         "cron.log", "cron.log.1"]
+
+
+def test_an_unreadable_pitr_record_fails_the_night_with_a_fail_ping_not_a_traceback(
+        dev_environ, backup_dir, tmp_path):
+    (backup_dir / "dev").mkdir(parents=True, mode=0o700)
+    (backup_dir / "dev" / "pitr.json").write_text("{not json")
+    with ping_server() as (base, received):
+        environ = {**dev_environ,
+                   "CARABASE_NOTIFY_URL_FILE": str(notify_file(tmp_path, f"{base}/{CHECK}"))}
+        result = run_invoke("backup.nightly", "dev", env=environ)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("cannot read ")
+    assert [ping.path for ping in received] == [f"/{CHECK}/start", f"/{CHECK}/fail"]

@@ -260,3 +260,9 @@ def test_an_unreadable_pointer_file_says_to_run_setup_again(monkeypatch, tmp_pat
     pitr.pointer_path("dev").write_text("{not json")
     with pytest.raises(UserError, match=r"run invoke backup\.pitr-setup dev again"):
         pitr.load_setup("dev")
+
+
+@pytest.mark.parametrize("text", ["0001-01-01 00:30:00+01", "9999-12-31 23:59:59-01"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_one_clear_line(text):
+    with pytest.raises(UserError, match="out of range"):
+        pitr.parse_target(text)
