@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from helpers.dumpsql import DumpReader, Piece, read_dump, statements
+from helpers.dumpsql import DumpReader, Piece, code_start, read_dump, statements
 
 # How a statement names a role, which decides what the restoring role needs of it:
 GRANTEE = "grantee"  # GRANT ... TO / REVOKE ... FROM: the role must exist
@@ -44,7 +44,6 @@ SESSION_AUTHORIZATION = re.compile(
 SHAPES = (OWNER_TO, DEFAULT_PRIVILEGES, GRANT, REVOKE, SESSION_AUTHORIZATION)
 # A quick look before splitting a piece into statements: most pieces name no role.
 MENTIONS = re.compile(rb"OWNER TO|GRANT|REVOKE|SESSION AUTHORIZATION")
-LEADING = re.compile(rb"(?:\s+|--[^\n]*(?:\n|\Z))*")
 NOT_ROLES = frozenset({"public"})  # PUBLIC, unquoted: everyone, not a role
 
 
@@ -62,7 +61,7 @@ def roles_named(statement: bytes) -> frozenset[tuple[str, str]]:
     """(role, how) for each role `statement` (one top-level statement, with the
     comments before it) names as an owner, grantee or authorization; empty for any
     other statement."""
-    code = statement[LEADING.match(statement).end():]
+    code = statement[code_start(statement):]
     for shape in SHAPES:
         match = shape.match(code)
         if match:
@@ -80,7 +79,7 @@ def leave_out(sql: bytes, roles: Collection[str]) -> tuple[bytes, int]:
     kept, dropped = [], 0
     for statement in statements(sql):
         if any(role in roles for role, _ in roles_named(statement)):
-            kept.append(statement[:LEADING.match(statement).end()])
+            kept.append(statement[:code_start(statement)])
             dropped += 1
         else:
             kept.append(statement)

@@ -286,7 +286,7 @@ class DumpReader:
             self._statement = end
             return True
         if copy:
-            start = LEADING_COMMENTS.match(buf, self._statement).end()
+            start = code_start(buf, self._statement)
             if COPY_STATEMENT.match(buf, start, end):
                 if end == len(buf) and not self._final:
                     self._scanned = end - 1
@@ -333,6 +333,12 @@ class DumpReader:
                          starts_entry=self._new_entry, ends_copy=ends_copy))
         self._new_entry = False
         self._base = end
+
+
+def code_start(sql: bytes, start: int = 0) -> int:
+    """Where a statement's code begins in `sql`, from `start`: after the blank lines and
+    `--` comments (an entry's header) that pg_dump writes before it."""
+    return LEADING_COMMENTS.match(sql, start).end()
 
 
 def find_end_of_rows(buf: bytes, start: int) -> int:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
-from helpers.dumpsql import Header, Piece, read_dump, statements
+from helpers.dumpsql import COPY_STATEMENT, Header, Piece, code_start, read_dump, statements
 from helpers.lifeline import start_with_pipes, watch_lifeline
 
 ORDERED, DATA, BUILD, FOREIGN_KEYS = "ordered", "data", "build", "foreign keys"
@@ -67,8 +67,6 @@ TABLE_OF = re.compile(rb"^(?:ALTER TABLE|CREATE (?:UNIQUE )?INDEX " + NAME
 REFERENCED = re.compile(rb"\bREFERENCES " + QUALIFIED)
 # Statements that set something for the rest of the script.
 MAY_SET = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config\(|\\restrict )", re.MULTILINE)
-LEADING = re.compile(rb"(?:\s|--[^\n]*(?:\n|\Z))*")
-COPY_START = re.compile(rb"COPY .* FROM stdin;\s*\Z", re.DOTALL)
 SETTING = re.compile(rb"SET (?!LOCAL |SESSION |TRANSACTION )(\w+)"
                      rb"|SELECT pg_catalog\.set_config\('(\w+)'.*, false\)"
                      rb"|(\\restrict) ", re.DOTALL)
@@ -179,7 +177,7 @@ def settings_in(text: bytes) -> list[tuple[bytes, bytes]]:
         return []
     found = []
     for statement in statements(text):
-        start = LEADING.match(statement).end()
+        start = code_start(statement)
         match = SETTING.match(statement, start)
         if match:
             key = next(group for group in match.groups() if group)
@@ -192,12 +190,12 @@ def ends_cleanly(piece: Piece) -> bool:
     a statement (a marker after either would never be reached)."""
     if piece.kind == "data":
         return piece.ends_copy
-    said = [statement[LEADING.match(statement).end():]  # after blank lines and comments
+    said = [statement[code_start(statement):]  # after blank lines and comments
             for statement in statements(piece.text)]
     last = next((statement for statement in reversed(said) if statement), b"")
     if not last or last.startswith(b"\\"):  # nothing, or a meta-command line
         return True
-    return last.endswith(b";") and not COPY_START.search(last)  # cut after its `;`
+    return last.endswith(b";") and not COPY_STATEMENT.match(last)  # cut after its `;`
 
 
 def describe(header: Header) -> str:
