@@ -30,6 +30,7 @@ See README.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -41,6 +42,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -91,6 +93,29 @@ def task(*args, **kwargs):
                 raise Exit(error.message or None, code=error.code) from None
         return invoke.task(*args, klass=Task, **kwargs)(reported)
     return decorate
+
+
+def in_background(work: Callable[[], object]) -> Callable[[], object]:
+    """Start `work` in a thread (a daemon: it never holds up the exit of a task that
+    failed meanwhile); the function returned waits for its result, or raises what it
+    raised."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to whoever waits for the result
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> object:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+    return result
 
 
 # --- composing commands ---------------------------------------------------------------
@@ -291,9 +316,12 @@ def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Pr
         raise UserError(f"{action} refused: touching prod's database needs --i-know"
                         " (or CARABASE_I_KNOW=1)")
     target = database(env)
+    # Where prod's URL leads is looked up while the target is probed: neither waits.
+    prod_identity = None if env == "prod" else in_background(lambda: look_up_prod(c))
     probe = probe_target(c, target, action)
-    if env != "prod":
-        refuse_if_reaches_prod(c, target, (probe.cluster, probe.database), action)
+    if prod_identity is not None:
+        refuse_if_reaches_prod(c, target, (probe.cluster, probe.database), action,
+                               prod_identity())
     return target, probe
 
 
@@ -332,17 +360,18 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         refuse_blocking_sessions(target, probe, action)
         identity = settings_kept(target, probe, drop_settings, action)
 
+    force = probe.restoring.superuser
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
-            os_errors_reported(action), private_tempfile() as plaintext:
+            os_errors_reported(action), private_tempfile() as plaintext, \
+            fresh_database(c, target, identity, force, in_place) as fresh:
         facts = checked_dump(key, source, plaintext, probe.restoring, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
-            tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action,
-                                    restore_sessions(jobs, source.stat().st_size),
-                                    force=probe.restoring.superuser)
+            tidy = replace_database(c, plaintext, facts, fresh, identity, no_keep, action,
+                                    restore_sessions(jobs, source.stat().st_size), force)
     print(f"{action}: restored {source} into {target.uri} in"
           f" {time.monotonic() - started:.1f}s")
     if in_place:
@@ -375,28 +404,23 @@ def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
             " and replace this restore's result")
 
 
-def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database,
+def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshDatabase,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
                      action: str, jobs: int = 1, force: bool = False) -> bool:
-    """Build the backup into a fresh database, then swap it in for `target`. False if,
+    """Load the backup into the fresh database, then swap it in for the target. False if,
     the swap done, an old copy could not be dropped (said on stderr). `force`: the
     role may drop with WITH (FORCE) (swap.drop_database_sql)."""
-    server = maintenance_of(target)
-    fresh = target.on_database(swap.restoring_name(target.name))
+    target, server = fresh.target, maintenance_of(fresh.target)
     undo = swap.undo_name(target.name) if identity is not None else None
     retired = swap.retired_name(target.name)
-    # The apply's psql first drops what a killed restore left behind (half-built, or
-    # retired but not yet dropped), then creates the fresh database and connects to it.
-    create = [*swap.drop_database_sql(fresh.name, force),
-              *swap.drop_database_sql(retired, force),
-              swap.create_database_sql(fresh.name, identity)]
+    fresh.taken_over = True  # from here on, a failure drops it below
     try:
-        apply_dump(c, plaintext, facts, fresh, action, create=create, server=server,
-                   jobs=jobs)
+        fresh.wait(action)
+        apply_dump(c, plaintext, facts, fresh.db, action, jobs=jobs)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
-            c, server, swap.swap_sql(target.name, fresh.name, undo, identity), action,
+            c, server, swap.swap_sql(target.name, fresh.db.name, undo, identity), action,
             after=swap.after_swap_sql(target.name, drop_undo=no_keep and undo is not None,
                                       force=force))
         if not committed(result):
@@ -404,7 +428,7 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database
                             f" in the restored database: {failure(result, target)}")
         report_ended_sessions(result, action)
     except BaseException as error:
-        drop_database(c, fresh, force)  # waits for the swap to end; gone if it committed
+        drop_database(c, fresh.db, force)  # waits for the swap to end; gone if it committed
         if isinstance(error, Interrupted):
             report_if_swapped_in(c, server, target, identity, error, action)
         raise
@@ -413,6 +437,47 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database
               f" after it (drop it by hand, or the next restore of this env tries again:"
               f' DROP DATABASE "{retired}"): {failure(result, target)}', file=sys.stderr)
     return result.ok
+
+
+class FreshDatabase:
+    """The empty database a restore loads (`<target>__carabase_restoring`), being made by
+    a psql of its own while the backup is decrypted and checked (fresh_database)."""
+
+    def __init__(self, target: Database, making) -> None:
+        self.target = target
+        self.db = target.on_database(swap.restoring_name(target.name))
+        self.making = making  # invoke's promise of that psql; None: nothing to make
+        self.taken_over = False  # replace_database drops it on failure from then on
+
+    def wait(self, action: str) -> None:
+        if self.making is None:
+            return
+        result, self.making = self.making.join(), None
+        if not result.ok:
+            raise UserError(f"{action} failed, nothing was changed: could not create the"
+                            f" database to restore into: {failure(result, self.target)}")
+
+
+@contextlib.contextmanager
+def fresh_database(c, target: Database, identity: swap.DatabaseIdentity | None,
+                   force: bool, in_place: bool):
+    """Start making the fresh database (after dropping what a killed restore left:
+    half-built, or retired and not yet dropped), so that it is ready when the check of
+    the backup is done; it stays empty until then. Dropped again if the restore stops
+    before replace_database takes it over. Nothing to make for --in-place."""
+    statements = [*swap.drop_database_sql(swap.restoring_name(target.name), force),
+                  *swap.drop_database_sql(swap.retired_name(target.name), force),
+                  swap.create_database_sql(swap.restoring_name(target.name), identity)]
+    making = None if in_place else run_sql(c, maintenance_of(target), "\n".join(statements),
+                                           asynchronous=True)
+    fresh = FreshDatabase(target, making)
+    try:
+        yield fresh
+    except BaseException:
+        if making is not None and not fresh.taken_over:
+            making.join()
+            drop_database(c, fresh.db, force)
+        raise
 
 
 def report_if_swapped_in(c, server: Database, target: Database,
@@ -594,28 +659,24 @@ def dump_stream(plaintext: Plaintext, facts: DumpFacts, action: str) -> str:
 
 
 def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: str,
-               create: list[str] = (), server: Database | None = None, jobs: int = 1) -> None:
+               jobs: int = 1) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
-    Only for a database that a later synchronous commit makes durable (the swap).
-    `create`: statements that make `db`, run first in the same psql, each on its own, on
-    `server` (one psql start fewer than a psql of their own); psql then connects to `db`
-    by its URI, as any other psql here would. Over `jobs` sessions when more than one
-    (helpers.parallel_apply), except for an older backup (its DROP block is for one).
+    Only for a database that a later synchronous commit makes durable (the swap). Over
+    `jobs` sessions when more than one (helpers.parallel_apply), except for an older
+    backup (its DROP block is for one).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
-    server = server or maintenance_of(db)
     if jobs > 1 and not facts.clean_section:
         # Its lifeline (fd 3) is the shell's stdin, a pipe this process holds: killed,
         # even by SIGKILL, it stops its sessions instead of loading on unattended.
-        first = ["--server", server.uri, *(w for sql in create for w in ("--command", sql))]
         apply = helper_command("parallel_apply", "--jobs", str(jobs), "--dbname", db.uri,
-                               "--lifeline", "3", *(first if create else []))
+                               "--lifeline", "3")
         command = "exec 3<&0; " + pipeline(dump_stream(plaintext, facts, action), apply)
     else:
         command = pipeline(dump_stream(plaintext, facts, action),
-                           apply_psql(db, create, server) + " > /dev/null")
+                           psql_command(db, "--file", "-") + " > /dev/null")
     # Each statement commits without waiting for its WAL to reach the disk: safe, because
     # the swap's own COMMIT waits for all WAL written before it, this database's included.
     options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
@@ -624,18 +685,6 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
                    hide=True, warn=True, in_stream=False)
     if not result.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
-
-
-def apply_psql(db: Database, create: list[str], server: Database) -> str:
-    """The one psql that applies the dump (after `create`, on `server`, when given)."""
-    if not create:
-        return psql_command(db, "--file", "-")
-    first = [word for sql in create for word in ("--command", sql)]
-    # Unset before psql reads the dump, where it would replace any `:fresh` that stands
-    # outside quotes (an array slice `a[1:fresh]`).
-    return psql_command(server, *first, "--set", f"fresh={db.uri}",
-                        "--command", r"\connect :fresh", "--command", r"\unset fresh",
-                        "--file", "-")
 
 
 READY = "carabase: ready to commit"
@@ -761,19 +810,22 @@ def server_identity(c, db: Database, fallback: bool = True) -> tuple[str, str] |
     The identifier is unique per PostgreSQL cluster, and the name is the one the server
     reports, so URLs spelled differently (localhost vs 127.0.0.1, a socket path, a
     tunnel, a pooler's alias) still compare equal. A database that does not exist yet
-    is named as its URL names it, on the cluster its server belongs to.
+    is named as its URL names it, on the cluster its server belongs to (the fallback:
+    identity_by_maintenance).
     """
-    def ask(candidate: Database, query: str):
-        result = c.run(psql_command(candidate, "-At", "-c", query),
-                       env=candidate.child_env(), hide=True, warn=True, in_stream=False)
-        return result.stdout.strip() if result.ok else None
-
-    reached = ask(db, "select system_identifier, current_database() from pg_control_system()")
+    result = c.run(psql_command(db, "-At", "-c", "select system_identifier,"
+                                " current_database() from pg_control_system()"),
+                   env=db.child_env(), hide=True, warn=True, in_stream=False)
+    reached = result.stdout.strip() if result.ok else None
     if reached:
         cluster, _, name = reached.partition("|")
         return cluster, name
-    if not fallback:
-        return None
+    return identity_by_maintenance(c, db) if fallback else None
+
+
+def identity_by_maintenance(c, db: Database) -> tuple[str, str] | None:
+    """server_identity of a database that cannot be connected to, asked of the server's
+    maintenance database."""
     for maintenance in (db.on_database("postgres"), db.on_database("template1")):
         answer = run_sql(c, maintenance, "select system_identifier, exists (select from"
                          " pg_database where datname = :'name') from pg_control_system()",
@@ -786,16 +838,28 @@ def server_identity(c, db: Database, fallback: bool = True) -> tuple[str, str] |
     return None
 
 
+def look_up_prod(c) -> tuple[str, str] | None:
+    """server_identity of prod's database; when prod is not configured (it is then just
+    not on this machine), only if it can be connected to."""
+    prod = database("prod")
+    return server_identity(c, prod, fallback=bool(os.environ.get(prod.variable)))
+
+
+NOT_ASKED = object()
+
+
 def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str],
-                           action: str) -> None:
-    """Refuse when `target_identity` (cluster, database) is where prod's URL leads."""
+                           action: str, prod_identity=NOT_ASKED) -> None:
+    """Refuse when `target_identity` (cluster, database) is where prod's URL leads
+    (`prod_identity`: look_up_prod's answer, when it was already asked)."""
     prod = database("prod")
     configured = bool(os.environ.get(prod.variable))
-    # A prod database that cannot be connected to is named as its URL names it: it can
-    # only be the target if the names match. Unless prod is configured (then it must be
-    # reachable, see below), the server's identity is needed only in that case.
-    prod_identity = server_identity(c, prod,
-                                    fallback=configured or prod.name == target_identity[1])
+    if prod_identity is NOT_ASKED:
+        prod_identity = look_up_prod(c)
+    # An unconfigured prod that cannot be connected to can only be the target if the
+    # names match: then its server decides.
+    if prod_identity is None and not configured and prod.name == target_identity[1]:
+        prod_identity = identity_by_maintenance(c, prod)
     if prod_identity is None and configured:
         # A configured prod we cannot reach might be this very server under another
         # route: refuse rather than guess. (Unset, prod is just not on this machine.)
@@ -808,7 +872,7 @@ def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str]
                         " prod FILE --i-know")
 
 
-def run_sql(c, server: Database, sql: str, **variables: str):
+def run_sql(c, server: Database, sql: str, asynchronous: bool = False, **variables: str):
     """Run `sql` on `server`; each keyword is a psql variable, so that :'name' is `name`
     as a literal and :"name" as an identifier, quoted by psql itself.
 
@@ -816,7 +880,8 @@ def run_sql(c, server: Database, sql: str, **variables: str):
     """
     settings = [word for key, value in variables.items() for word in ("--set", f"{key}={value}")]
     command = pipeline(quoted("printf", "%s\n", sql), psql_command(server, "-At", *settings))
-    return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False)
+    return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False,
+                 asynchronous=asynchronous)
 
 
 def drop_database(c, db: Database, force: bool = False):

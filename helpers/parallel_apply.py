@@ -1,14 +1,12 @@
 """python -m helpers.parallel_apply: apply pg_dump's plain SQL to a fresh database over
 several psql sessions, the way pg_restore -j spreads a directory dump.
 
-    ... | python -m helpers.parallel_apply --jobs N --dbname URI
-              [--server URI --command SQL ...] [--lifeline FD]
+    ... | python -m helpers.parallel_apply --jobs N --dbname URI [--lifeline FD]
 
 It reads the inflated SQL once, on stdin (helpers.dumpsql cuts it into entries), and
 starts up to N `psql --file -` sessions itself, each fed through a pipe, environment
-inherited (the password travels there, never in argv). The first session, with
-`--server`, first runs the `--command`s there (drop the leftovers, CREATE DATABASE),
-then connects to URI. What goes where (Planner):
+inherited (the password travels there, never in argv), each connected to URI (the
+fresh database, made beforehand). What goes where (Planner):
 
   - the schema, and every entry it does not know or whose order matters (triggers,
     rules, policies, grants, index attachments, materialized view data...), in the
@@ -381,9 +379,9 @@ class Session:
 
 
 class Applier:
-    def __init__(self, jobs: int, first: list[str], others: list[str]) -> None:
+    def __init__(self, jobs: int, command: list[str]) -> None:
         self.jobs = jobs
-        self.commands = (first, others)
+        self.command = command
         self.sessions: list[Session] = []
         self.changed = threading.Condition()
         self.token = b"carabase-apply-" + secrets.token_hex(8).encode()
@@ -456,8 +454,8 @@ class Applier:
         session.write(piece.text, piece.header if piece.starts_entry else None)
 
     def launch(self, index: int) -> Session:
-        argv = self.commands[0 if index == 0 else 1]
-        return Session(index, start_with_pipes(argv), self.token, self.changed, self.budget)
+        return Session(index, start_with_pipes(self.command), self.token, self.changed,
+                       self.budget)
 
     def wait(self, ready: Callable[[], bool]) -> None:
         with self.changed:
@@ -495,23 +493,15 @@ class Applier:
 PSQL = ["psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--no-align", "--tuples-only"]
 
 
-def psql_commands(dbname: str, server: str | None, commands: list[str]) -> tuple[list, list]:
-    """The first session's psql (which, given a server, first runs `commands` there and
-    then connects to `dbname`), and every other session's."""
-    others = [*PSQL, "--dbname", dbname, "--file", "-"]
-    if server is None:
-        return others, others
-    first = [*PSQL, "--dbname", server, *(word for sql in commands for word in ("--command", sql)),
-             # By a variable, unset before the dump is read (where `:fresh` could stand).
-             "--set", f"fresh={dbname}", "--command", r"\connect :fresh",
-             "--command", r"\unset fresh", "--file", "-"]
-    return first, others
+def psql_command(dbname: str) -> list[str]:
+    """A session's psql: the dump's SQL on its stdin, markers on its stdout."""
+    return [*PSQL, "--dbname", dbname, "--file", "-"]
 
 
-def apply(stream, jobs: int, first: list[str], others: list[str], lifeline: int | None = None,
+def apply(stream, jobs: int, command: list[str], lifeline: int | None = None,
           sql_filter: Callable[[bytes], bytes] | None = None) -> int:
     """Apply the dump read from `stream` (binary); 0, or 1 with the reason on stderr."""
-    applier = Applier(jobs, first, others)
+    applier = Applier(jobs, command)
     if lifeline is not None:
         def cut() -> None:  # nobody waits for us any more: stop at once
             applier.stop()
@@ -539,13 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.parallel_apply")
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--dbname", required=True, help="the database to apply the dump to")
-    parser.add_argument("--server", help="where the first session runs --command first")
-    parser.add_argument("--command", action="append", default=[])
     parser.add_argument("--lifeline", type=int, help="a file descriptor: stop at its end")
     args = parser.parse_args(argv)
-    first, others = psql_commands(args.dbname, args.server, args.command)
     try:
-        return apply(sys.stdin.buffer, max(1, args.jobs), first, others, args.lifeline)
+        return apply(sys.stdin.buffer, max(1, args.jobs), psql_command(args.dbname),
+                     args.lifeline)
     except KeyboardInterrupt:
         return 130
 

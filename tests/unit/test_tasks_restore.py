@@ -94,38 +94,43 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
-def test_the_apply_creates_the_fresh_database_then_connects_to_it_in_one_psql(tmp_path):
-    fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring?sslmode=require",
-                               "V")
-    server = fresh.on_database("template1")
-    plaintext = plaintext_at(tmp_path / "dump.sql.gz")
+def test_the_fresh_database_is_made_by_a_psql_of_its_own_while_the_backup_is_checked():
+    target = parse_database_url("postgresql://u:pw@h/app?sslmode=require", "V")
     context = MockContext(run=Result(exited=0))
-    create = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
-              'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
 
-    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
-                     create=create, server=server)
+    with tasks.fresh_database(context, target, None, force=True, in_place=False) as fresh:
+        [call] = context.run.call_args_list
 
-    [command] = [call.args[0] for call in context.run.call_args_list]
-    psql = shlex.split(command.rsplit("|", 1)[1].removesuffix("> /dev/null"))
-    assert psql[psql.index("--dbname") + 1] == "postgresql://u@h/template1?sslmode=require"
-    assert psql[psql.index("--dbname") + 2:] == [
-        "--command", create[0], "--command", create[1],  # each on its own: no transaction
-        # then the fresh database by its URI, as any psql here connects; and the variable
-        # is gone before the dump is read, which could hold `:fresh` outside quotes.
-        "--set", "fresh=postgresql://u@h/app__carabase_restoring?sslmode=require",
-        "--command", r"\connect :fresh", "--command", r"\unset fresh", "--file", "-"]
+    assert call.kwargs["asynchronous"] is True  # the check of the backup goes on meanwhile
+    assert fresh.db.uri == "postgresql://u@h/app__carabase_restoring?sslmode=require"
+    command = call.args[0]
+    # What a killed restore left goes first, then the empty database is made.
+    drops = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
+             'DROP DATABASE IF EXISTS "app__carabase_retired" WITH (FORCE);']
+    create = 'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;'
+    assert command.index(drops[0]) < command.index(drops[1]) < command.index(create)
+    psql = shlex.split(command.rsplit("|", 1)[1])
+    assert psql[psql.index("--dbname") + 1] == "postgresql://u@h/postgres?sslmode=require"
     assert "pw" not in command.replace("pipefail", "")
+
+
+def test_an_in_place_restore_makes_no_fresh_database():
+    target = parse_database_url("postgresql://u@h/app", "V")
+    context = MockContext(run=Result(exited=0))
+
+    with tasks.fresh_database(context, target, None, force=False, in_place=True):
+        pass
+
+    assert context.run.call_args_list == []
 
 
 def test_several_sessions_apply_through_the_parallel_apply_on_a_lifeline(tmp_path):
     fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring", "V")
     plaintext = plaintext_at(tmp_path / "dump.sql.gz")
     context = MockContext(run=Result(exited=0))
-    create = ['CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
 
     tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
-                     create=create, server=fresh.on_database("postgres"), jobs=3)
+                     jobs=3)
 
     [command] = [call.args[0] for call in context.run.call_args_list]
     # fd 3, the lifeline, is the shell's stdin: the pipe invoke holds.
@@ -133,8 +138,7 @@ def test_several_sessions_apply_through_the_parallel_apply_on_a_lifeline(tmp_pat
     apply = shlex.split(command.rsplit("|", 1)[1])
     assert apply[1:] == ["-m", "helpers.parallel_apply", "--jobs", "3",
                          "--dbname", "postgresql://u@h/app__carabase_restoring",
-                         "--lifeline", "3", "--server", "postgresql://u@h/postgres",
-                         "--command", create[0]]
+                         "--lifeline", "3"]
     assert "pw" not in command.replace("pipefail", "")
 
 
@@ -166,7 +170,8 @@ def interrupted_swap(monkeypatch, oid_after: str):
     context = MockContext(run=[Result(exited=0), Result(stdout=oid_after + "\n")])
     target = parse_database_url("postgresql:///app", "CARABASE_DEV_DATABASE_URL")
     identity = DatabaseIdentity(owner="app", oid=16384)
-    return lambda: tasks.replace_database(context, Path("/nonexistent"), DumpFacts(), target,
+    fresh = tasks.FreshDatabase(target, making=None)  # made already
+    return lambda: tasks.replace_database(context, Path("/nonexistent"), DumpFacts(), fresh,
                                           identity, False, "restore into dev")
 
 

@@ -7,7 +7,7 @@ import io
 from helpers.dumpsql import Header, read_dump
 from helpers.parallel_apply import (BUILD, DATA, FOREIGN_KEYS, ORDERED, Barrier, Planner,
                                     ends_cleanly,
-                                    Send, Start, explain_failure, pick_session, psql_commands,
+                                    Send, Start, explain_failure, pick_session, psql_command,
                                     settings_in, stage_of)
 
 
@@ -175,18 +175,12 @@ def test_a_failure_before_the_dump_is_psqls_own_line():
     assert explain_failure([], [], 0) == "psql: a session ended early (exit status 0)"
 
 
-def test_the_first_session_creates_the_database_then_connects_the_others_only_connect():
-    first, others = psql_commands("postgresql://u@h/fresh", "postgresql://u@h/postgres",
-                                  ["DROP DATABASE IF EXISTS fresh;", "CREATE DATABASE fresh;"])
+def test_every_session_connects_to_the_fresh_database_and_reads_its_sql_on_stdin():
+    command = psql_command("postgresql://u@h/fresh")
 
-    assert first[first.index("--dbname"):] == [
-        "--dbname", "postgresql://u@h/postgres",
-        "--command", "DROP DATABASE IF EXISTS fresh;", "--command", "CREATE DATABASE fresh;",
-        "--set", "fresh=postgresql://u@h/fresh", "--command", r"\connect :fresh",
-        "--command", r"\unset fresh", "--file", "-"]
-    assert others[others.index("--dbname"):] == ["--dbname", "postgresql://u@h/fresh",
-                                                 "--file", "-"]
-    assert "ON_ERROR_STOP=on" in others and "-X" in others
+    assert command[command.index("--dbname"):] == ["--dbname", "postgresql://u@h/fresh",
+                                                   "--file", "-"]
+    assert "ON_ERROR_STOP=on" in command and "-X" in command
 
 
 def test_a_dump_cut_inside_rows_or_a_statement_does_not_end_cleanly():
