@@ -13,11 +13,13 @@ fresh database, made beforehand). What goes where (Planner):
     dump's order in one session;
   - once the schema is in, each table's COPY block, each SEQUENCE SET and the large
     objects' data in one of the sessions, the first that is free;
-  - once all data is in, indexes and keys (INDEX, CONSTRAINT) likewise, those of one
-    table one after another in one session (a key locks its table);
+  - indexes and keys (INDEX, CONSTRAINT) likewise, each once its table's rows are in
+    (it queues behind them in their session, or starts in a free one while other
+    tables still load), those of one table one after another (a key locks its table);
+  - once all data is in, the checks pg_dump adds after it (CHECK CONSTRAINT);
   - once every key is in, the foreign keys, never two at once on a table.
 
-Between these, a barrier: every session finishes what it was sent. A session reports
+Between the others, a barrier: every session finishes what it was sent. A session reports
 where it is by markers: a SELECT of a random token after each unit of work, which psql
 prints (meta-commands would not do: after pg_dump's `\\restrict` psql refuses them).
 The settings a dump makes for the rest of the script (its SETs, search_path,
@@ -49,12 +51,20 @@ from typing import Union
 from helpers.dumpsql import COPY_STATEMENT, Header, Piece, code_start, read_dump, statements
 from helpers.lifeline import start_with_pipes, watch_lifeline
 
-ORDERED, DATA, BUILD, FOREIGN_KEYS = "ordered", "data", "build", "foreign keys"
+ORDERED, DATA, BUILD, CHECKS, FOREIGN_KEYS = (
+    "ordered", "data", "build", "checks", "foreign keys")
 STAGES = {
     "TABLE DATA": DATA, "SEQUENCE SET": DATA, "BLOBS": DATA,
-    "INDEX": BUILD, "CONSTRAINT": BUILD, "CHECK CONSTRAINT": BUILD,
+    "INDEX": BUILD, "CONSTRAINT": BUILD,
+    # A check pg_dump adds after the data (NOT VALID) must not see a row arrive later,
+    # even one a COPY into a partitioned table's root routes: after every table's rows.
+    "CHECK CONSTRAINT": CHECKS,
     "FK CONSTRAINT": FOREIGN_KEYS,
 }
+# A table's indexes and keys need only its own rows: no barrier between the two stages.
+# They queue behind the table's COPY in its session (pick_session), or start at once in
+# a free one when the rows are in, while other tables still load.
+PHASE = {BUILD: DATA}
 # pg_dump writes an object's comment (or label) right after the object.
 FOLLOWERS = ("COMMENT", "SECURITY LABEL")
 
@@ -62,6 +72,7 @@ NAME = rb'(?:"(?:[^"]|"")*"|[A-Za-z0-9_$\x80-\xff]+)'
 QUALIFIED = rb"(" + NAME + rb"(?:\." + NAME + rb")?)"
 TABLE_OF = re.compile(rb"^(?:ALTER TABLE|CREATE (?:UNIQUE )?INDEX " + NAME
                       + rb" ON)(?: ONLY)? " + QUALIFIED, re.MULTILINE)
+ROWS_OF = re.compile(rb"^COPY " + QUALIFIED, re.MULTILINE)
 REFERENCED = re.compile(rb"\bREFERENCES " + QUALIFIED)
 # Statements that set something for the rest of the script.
 MAY_SET = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config\(|\\restrict )", re.MULTILINE)
@@ -113,8 +124,10 @@ Action = Union[Barrier, Start, Send, End]  # (not `|`: Python 3.9 evaluates this
 
 def stage_of(header: Header, text: bytes) -> Unit:
     stage = STAGES.get(header.type, ORDERED)
-    if stage in (DATA, ORDERED):
+    if stage == ORDERED:
         return Unit(stage)
+    if stage == DATA:  # a table's rows: its indexes and keys queue behind them
+        return Unit(stage, frozenset(ROWS_OF.findall(text)))
     tables = frozenset(TABLE_OF.findall(text) + REFERENCED.findall(text))
     if stage == FOREIGN_KEYS and not tables:
         return Unit(ORDERED)  # cannot tell what it locks: on its own
@@ -141,9 +154,9 @@ class Planner:
         if unit.stage == ORDERED and self.unit.stage == ORDERED:
             return [Send(piece)]
         actions: list[Action] = [End()]
-        if unit.stage != self.running:
+        if PHASE.get(unit.stage, unit.stage) != PHASE.get(self.running, self.running):
             actions.append(Barrier())
-            self.running = unit.stage
+        self.running = unit.stage
         self.unit = unit
         return [*actions, Start(unit), Send(piece)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from helpers.dumpsql import Header, read_dump
-from helpers.parallel_apply import (BUILD, DATA, FOREIGN_KEYS, ORDERED, Barrier, Planner,
+from helpers.parallel_apply import (BUILD, CHECKS, DATA, FOREIGN_KEYS, ORDERED, Barrier, Planner,
                                     ends_cleanly,
                                     Send, Start, explain_failure, pick_session, psql_command,
                                     settings_in, stage_of)
@@ -61,7 +61,7 @@ def plan(dump: bytes) -> list[tuple]:
     return steps
 
 
-def test_schema_then_data_then_keys_then_foreign_keys_with_barriers_between():
+def test_schema_then_data_and_keys_then_foreign_keys_with_barriers_between():
     assert plan(DUMP) == [
         # the preamble and the schema, in order, in one session
         ("start", ORDERED), ("send", None), ("send", "TABLE"), ("send", "FUNCTION"),
@@ -70,8 +70,9 @@ def test_schema_then_data_then_keys_then_foreign_keys_with_barriers_between():
         ("barrier",), ("start", DATA), ("send", "TABLE DATA"), ("end",),
         ("start", DATA), ("send", "TABLE DATA"), ("end",),
         ("start", DATA), ("send", "SEQUENCE SET"), ("end",),
-        # once all data is in: keys and indexes, an index's comment with it
-        ("barrier",), ("start", BUILD), ("send", "CONSTRAINT"), ("end",),
+        # keys and indexes, an index's comment with it: no barrier, each queues behind
+        # its table's rows (pick_session), or starts at once when they are in
+        ("start", BUILD), ("send", "CONSTRAINT"), ("end",),
         ("start", BUILD), ("send", "INDEX"), ("send", "COMMENT"), ("end",),
         ("start", BUILD), ("send", "INDEX"), ("end",),
         # what it does not split, at a barrier, in order
@@ -110,6 +111,32 @@ def test_keys_and_foreign_keys_lock_the_tables_they_name():
     assert (key.stage, key.tables) == (BUILD, {b'"public"."a"'})
     assert (index.stage, index.tables) == (BUILD, {b'"s"."Odd ""t"""'})
     assert (foreign.stage, foreign.tables) == (FOREIGN_KEYS, {b"public.b", b"public.a"})
+
+
+def test_a_tables_rows_lock_it_so_that_its_keys_and_indexes_queue_behind_them():
+    rows = stage_of(header("TABLE DATA"), b'--\n\nCOPY "public"."a" ("id") FROM stdin;\n')
+    value = stage_of(header("SEQUENCE SET"), b"SELECT pg_catalog.setval('public.s', 5, true);")
+
+    assert (rows.stage, rows.tables) == (DATA, {b'"public"."a"'})
+    assert (value.stage, value.tables) == (DATA, frozenset())
+    # the key of a table whose rows a session still loads goes to that session
+    assert pick_session([rows.tables, None], frozenset({b'"public"."a"'}), 2) == 0
+
+
+def test_checks_added_after_the_data_wait_for_every_tables_rows():
+    dump = "".join([
+        entry("a", "TABLE", 'CREATE TABLE "public"."a" ("id" integer);'),
+        entry("a", "TABLE DATA", 'COPY "public"."a" ("id") FROM stdin;\n1\n\\.\n', data=True),
+        entry("a a_pkey", "CONSTRAINT",
+              'ALTER TABLE ONLY "public"."a"\n    ADD CONSTRAINT "a_pkey" PRIMARY KEY ("id");'),
+        entry("a positive", "CHECK CONSTRAINT", 'ALTER TABLE "public"."a"\n    ADD CONSTRAINT'
+              ' "positive" CHECK (("id" > 0)) NOT VALID;'),
+    ]).encode()
+
+    assert plan(dump)[-7:] == [
+        ("start", BUILD), ("send", "CONSTRAINT"), ("end",),
+        # a NOT VALID check must see no row arrive after it, in any session
+        ("barrier",), ("start", CHECKS), ("send", "CHECK CONSTRAINT"), ("end",)]
 
 
 def test_a_foreign_key_whose_tables_cannot_be_read_runs_on_its_own():
