@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from helpers.dumpsql import DumpReader, Piece, code_start, read_dump, statements
@@ -92,12 +92,14 @@ def leave_out(sql: bytes, roles: Collection[str]) -> tuple[bytes, int]:
 @dataclass
 class DumpRoles:
     """Fed the dump's SQL as it streams by (`feed`, then `finish`): the roles it names
-    and the objects in it only a superuser may create."""
+    and the objects in it only a superuser may create. `also` is given every piece its
+    reader reads (the drill counts COPY rows on them: the dump is read once)."""
 
     naming: Counter = field(default_factory=Counter)  # roles_named(statement) -> count
     event_triggers: list[str] = field(default_factory=list)
     extensions: list[str] = field(default_factory=list)
     publications: list[str] = field(default_factory=list)  # FOR ALL TABLES / IN SCHEMA
+    also: Callable[[Piece], None] | None = None
 
     def __post_init__(self) -> None:
         self._reader = DumpReader(self._piece)
@@ -109,6 +111,8 @@ class DumpRoles:
         self._reader.finish()
 
     def _piece(self, piece: Piece) -> None:
+        if self.also is not None:
+            self.also(piece)
         if piece.kind != "sql":
             return
         header = piece.header
