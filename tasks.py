@@ -537,8 +537,7 @@ def roles_left_out(named: dumproles.DumpRoles, role: dumproles.RestoringRole,
                         " what is missing), nothing was changed")
     for line in dumproles.left_out_warnings(named, role):
         print(f"{action}: warning: {line}", file=sys.stderr)
-    missing, unusable = dumproles.unusable_roles(named, role)
-    return (*missing, *unusable)
+    return dumproles.filter_arguments(named, role)
 
 
 def checked_dump(key: bytes, source: Path, plaintext: Plaintext,
