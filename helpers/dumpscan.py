@@ -95,7 +95,7 @@ class DumpScanner:
             lines -= 1  # the end marker's line
             self._table = None
         self.rows[table] += lines
-        self._tail = (self._tail + text)[-3:]
+        self._tail = (self._tail + text[-3:])[-3:]
 
     def finish(self) -> None:
         """The dump ended: a last line without a newline still counts, and a last `\\.`
