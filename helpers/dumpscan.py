@@ -17,7 +17,6 @@ import re
 
 from helpers.dumpsql import DumpReader, Piece, code_start, statements
 
-END_OF_COPY = b"\\.\n"
 LO_CREATE = b"SELECT pg_catalog.lo_create("
 # The table of a COPY statement, as pg_dump writes it: schema-qualified, each part quoted
 # ("odd ""name""", with --quote-all-identifiers always) or a plain lower-case identifier.
