@@ -143,17 +143,24 @@ def roles_named(statement: bytes) -> frozenset[tuple[str, str]]:
     """(role, how) for each role `statement` (one top-level statement, with the
     comments before it) names as an owner, grantee, authorization, in a policy's TO list
     or for a user mapping; empty for any other statement."""
-    start = code_start(statement)
-    for shape in SHAPES:
-        match = shape.match(statement, start)
-        if match:
-            named = ((_role(word), how) for how, word in match.groupdict().items() if word)
-            return frozenset((role, how) for role, how in named if role is not None)
+    named = _owner_or_grant(statement, code_start(statement))
+    if named:
+        return named
     policy = policy_to(statement)
     if policy is not None:
         return frozenset((role, POLICY_ROLE) for role in policy[0].roles if role is not None)
     mapping = user_mapping(statement)
     return frozenset({(mapping[0], MAPPED)}) if mapping else frozenset()
+
+
+def _owner_or_grant(statement: bytes, start: int) -> frozenset[tuple[str, str]]:
+    """roles_named for the SHAPES: owners, grants, authorizations."""
+    for shape in SHAPES:
+        match = shape.match(statement, start)
+        if match:
+            named = ((_role(word), how) for how, word in match.groupdict().items() if word)
+            return frozenset((role, how) for role, how in named if role is not None)
+    return frozenset()
 
 
 class Grantors:
@@ -167,9 +174,10 @@ class Grantors:
         self.grantor = None  # pg_dump resets within the entry; never carry one over
 
     def named(self, statement: bytes) -> frozenset[tuple[str, str]]:
-        """roles_named(statement), the grantor's included, noting SET and RESET."""
-        named = roles_named(statement)
+        """The owners, grantees and authorizations `statement` names, the grantor's
+        included, noting SET and RESET."""
         start = code_start(statement)
+        named = _owner_or_grant(statement, start)
         authorization = SESSION_AUTHORIZATION.match(statement, start)
         if authorization:
             word = authorization.group("authorization")
@@ -187,7 +195,7 @@ def _read(statement: bytes, grantors: Grantors):
     ("roles", roles named, the grantor's included), ("policy", (Policy, match)),
     ("mapping", (role, server)), ("comment", a policy's key); None for anything else."""
     named = grantors.named(statement)
-    if any(how not in (POLICY_ROLE, MAPPED) for _, how in named):
+    if named:
         return "roles", named
     policy = policy_to(statement)
     if policy is not None:
