@@ -15,10 +15,10 @@ those statements out and says so:
   too, else they would run as the restoring role, a grant by someone else or none;
 - a user mapping for a role the server lacks: left out;
 - a policy keeps the roles of its TO list the server has: it applies to exactly the
-  roles it applied to there (a role the server lacks has no member either). A policy
-  left with none applies to no role here: it is left out (with its COMMENT), an `ALTER
-  POLICY ... TO` of such roles only becomes `DROP POLICY`. An empty TO list would mean
-  PUBLIC, and never stands in for one: access is never widened.
+  roles the whole list would apply to here (no role can be a member of a missing one).
+  A policy left with none applies to no role here: it is left out (with its COMMENT), an
+  `ALTER POLICY ... TO` of such roles only becomes `DROP POLICY`. An empty TO list would
+  mean PUBLIC, and never stands in for one: access is never widened.
 
 Only whole top-level statements of "sql" pieces are looked at (helpers.dumpsql): never
 COPY rows, never a function body or a string.
