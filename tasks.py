@@ -602,8 +602,7 @@ def roles_left_out(named: dumproles.DumpRoles, role: dumproles.RestoringRole,
                         " what is missing), nothing was changed")
     for line in dumproles.left_out_warnings(named, role):
         print(f"{action}: warning: {line}", file=sys.stderr)
-    missing, unusable = dumproles.unusable_roles(named, role)
-    return (*missing, *unusable)
+    return dumproles.filter_arguments(named, role)
 
 
 def checked_dump(key: bytes, source: Path, plaintext: Plaintext,
@@ -1467,16 +1466,12 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
     """The drill itself, on the restore's machinery: decrypt and check the file in one
     pass (counting its COPY rows on the way), apply it into a fresh scratch database,
     count what arrived, always drop it."""
-    scanner, named = dumpscan.DumpScanner(), dumproles.DumpRoles()
+    scanner = dumpscan.DumpScanner()
+    named = dumproles.DumpRoles(also=scanner.piece)  # one reader for both
     jobs = restore_sessions(restore_jobs(), source.stat().st_size)  # as a restore would
-
-    def sink(sql: bytes) -> None:
-        scanner.feed(sql)
-        named.feed(sql)
-
     with private_tempfile() as plaintext:
         try:
-            facts = decrypt_and_check(key, source, plaintext, action, sink=sink)
+            facts = decrypt_and_check(key, source, plaintext, action, sink=named.feed)
         except DamagedBackup as damaged:  # nothing was touched
             # Wrong key, or damaged? The smallest other backup, tried with the key, tells.
             others = [path for _, path in list_backups(env) if path != source]
@@ -1484,8 +1479,8 @@ def run_drill(c, env: str, key: bytes, source: Path, scratch: Database,
             problem = drill.unreadable_problem(damaged.reason, other,
                                                other is not None and verify.key_opens(key, other))
             return drill.Proof("FAIL", problems=[problem]), None
-        scanner.finish()
         named.finish()
+        scanner.finish()
         facts.leave_out = roles_left_out(named, restoring_role(c, scratch, action), action)
         live, unreachable = live_tables(c, database(env))
         create_scratch(c, scratch, action)

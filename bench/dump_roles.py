@@ -10,8 +10,10 @@ and reporting medians, on the SQL held in memory:
 
   (h) inflating the gzip stream (helpers.verify.GzipChecker, as the restore's check
       does) with no sink, against the same with helpers.dumproles.DumpRoles as its sink
-  (i) `cat` of the SQL, against `python -m helpers.dumproles ROLE` (the stage the apply
-      adds only when a role must be left out)
+  (i) `cat` of the SQL, against `python -m helpers.dumproles --lacks=ROLE` (the stage the
+      apply adds only when a role must be left out)
+  (j) the drill's check pass: inflating with DumpRoles as sink and
+      helpers.dumpscan.DumpScanner counting COPY rows on its reader's pieces
 
 The database and the temporary files are removed at the end. The server: --url, else
 the one the PG* variables name.
@@ -32,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from helpers import dumproles, verify  # noqa: E402
+from helpers import dumproles, dumpscan, verify  # noqa: E402
 
 
 def timed(action) -> float:
@@ -54,9 +56,18 @@ def with_roles(compressed: bytes) -> None:
     named.finish()
 
 
+def drill_check(compressed: bytes) -> None:
+    scanner = dumpscan.DumpScanner()
+    named = dumproles.DumpRoles(also=scanner.piece)  # as tasks.run_drill does
+    inflate(compressed, named.feed)
+    named.finish()
+    scanner.finish()
+
+
 def filter_stage(path: str, role: str) -> None:
     with open(path, "rb") as sql:
-        subprocess.run([sys.executable, "-m", "helpers.dumproles", role], stdin=sql,
+        subprocess.run([sys.executable, "-m", "helpers.dumproles", f"--lacks={role}"],
+                       stdin=sql,
                        stdout=subprocess.DEVNULL, check=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -83,18 +94,20 @@ def main() -> None:
         with tempfile.NamedTemporaryFile() as dump:
             dump.write(sql)
             dump.flush()
-            runs: dict[str, list[float]] = {key: [] for key in "abcd"}
+            runs: dict[str, list[float]] = {key: [] for key in "abcde"}
             for _ in range(options.runs):
                 runs["a"].append(timed(lambda: inflate(compressed)))
                 runs["b"].append(timed(lambda: with_roles(compressed)))
                 runs["c"].append(timed(lambda: subprocess.run(
                     ["cat", dump.name], stdout=subprocess.DEVNULL, check=True)))
                 runs["d"].append(timed(lambda: filter_stage(dump.name, f"{name}_reader")))
+                runs["e"].append(timed(lambda: drill_check(compressed)))
         print(f"dump: {len(sql) / 2**20:.0f} MiB of SQL, {options.runs} runs each")
         labels = {"a": "(h) inflate and check, no sink",
                   "b": "(h) inflate and check, DumpRoles as sink",
                   "c": "(i) cat of the SQL",
-                  "d": "(i) python -m helpers.dumproles ROLE"}
+                  "d": "(i) python -m helpers.dumproles --lacks=ROLE",
+                  "e": "(j) the drill's check pass (roles and rows)"}
         for key, label in labels.items():
             median = statistics.median(runs[key])
             rate = len(sql) / 2**20 / median

@@ -1,26 +1,29 @@
 """What a plain-SQL dump carries: rows per table (its COPY blocks) and large objects.
 
-Fed the dump in pieces as it streams by (never all of it in memory), `DumpScanner`
-counts, for each `COPY <table> (<columns>) FROM stdin;` block, the lines up to its `\\.`:
-in COPY's text format every row is one line (a newline inside a value is written `\\n`,
-a backslash `\\\\`, so no row can look like the end marker). Large objects are counted by
-their `SELECT pg_catalog.lo_create('<oid>');` lines.
+`DumpScanner` counts them from the pieces helpers.dumpsql reads the dump into (never all
+of it in memory): for each `COPY <table> (<columns>) FROM stdin;` block, the lines up to
+its `\\.`. In COPY's text format every row is one line (a newline inside a value is
+written `\\n`, a backslash `\\\\`, so no row can look like the end marker). Large objects
+are counted by their `SELECT pg_catalog.lo_create('<oid>');` lines.
 
-The drill compares these counts with the restored database and the live one.
+The drill compares these counts with the restored database and the live one. It feeds
+the pieces of the reader that also lists the dump's roles (helpers.dumproles), so that
+the dump is read once: `DumpRoles(also=scanner.piece)`. `feed` and `finish` read the
+dump with a reader of the scanner's own.
 """
 from __future__ import annotations
 
 import re
 
-COPY_START = b"COPY "
-END_OF_COPY = b"\\.\n"
+from helpers.dumpsql import DumpReader, Piece, code_start, statements
+
 LO_CREATE = b"SELECT pg_catalog.lo_create("
-# The table of a COPY line, as pg_dump writes it: schema-qualified, each part quoted
+# The table of a COPY statement, as pg_dump writes it: schema-qualified, each part quoted
 # ("odd ""name""", with --quote-all-identifiers always) or a plain lower-case identifier.
 _IDENTIFIER = rb'(?:"(?:[^"]|"")*"|[^\s".(]+)'
-COPY_LINE = re.compile(
+COPY_STATEMENT = re.compile(
     rb"COPY (?P<table>" + _IDENTIFIER + rb"(?:\." + _IDENTIFIER + rb")?)"
-    rb" +(?:\(.*\) +)?FROM stdin;\n\Z",  # a table without columns has two spaces
+    rb" +(?:\(.*\) +)?FROM stdin;\Z",  # a table without columns has two spaces
     re.DOTALL,
 )
 _PART = re.compile(_IDENTIFIER)
@@ -47,13 +50,15 @@ def display_name(table: tuple[str, str]) -> str:
 
 
 class DumpScanner:
-    """Counts rows per table and large objects in a plain-SQL dump fed with `feed`."""
+    """Counts rows per table and large objects in a plain-SQL dump: its pieces given to
+    `piece` by a reader, or the dump itself given to `feed`; `finish` at its end."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], int] = {}
         self.large_objects = 0
         self._table: tuple[str, str] | None = None  # inside this table's COPY block
-        self._pending = b""  # an incomplete last line, kept for the next piece
+        self._tail = b""  # the block's last bytes so far: is its end marker there?
+        self._reader: DumpReader | None = None
 
     @property
     def unfinished_table(self) -> tuple[str, str] | None:
@@ -61,55 +66,46 @@ class DumpScanner:
         return self._table
 
     def feed(self, data: bytes) -> None:
-        buffer = self._pending + data if self._pending else data
-        end = buffer.rfind(b"\n") + 1  # whole lines only; the rest waits for more
-        self._pending = buffer[end:]
-        position = 0
-        while position < end:
-            if self._table is None:
-                position = self._skip_sql(buffer, position, end)
-            else:
-                position = self._count_rows(buffer, position, end)
+        if self._reader is None:
+            self._reader = DumpReader(self.piece)
+        self._reader.feed(data)
 
-    def _skip_sql(self, buffer: bytes, position: int, end: int) -> int:
-        """From a line start outside COPY: count lo_create lines up to the next COPY
-        line, enter that block; return where scanning continues."""
-        if buffer.startswith(COPY_START, position):
-            copy_at = position
-        else:
-            found = buffer.find(b"\n" + COPY_START, position, end)
-            copy_at = found + 1 if found >= 0 else end
-        self.large_objects += _lines_starting_with(buffer, LO_CREATE, position, copy_at)
-        if copy_at == end:
-            return end
-        line_end = buffer.index(b"\n", copy_at) + 1
-        match = COPY_LINE.match(buffer, copy_at, line_end)
-        if match:
-            self._table = table_name(match.group("table"))
-            self.rows.setdefault(self._table, 0)
-        return line_end
+    def piece(self, piece: Piece) -> None:
+        if piece.kind == "data":
+            self._rows(piece)
+            return
+        text = piece.text
+        self.large_objects += text.count(b"\n" + LO_CREATE) + text.startswith(LO_CREATE)
+        if text.endswith(b"FROM stdin;\n"):  # the reader hands on a COPY statement last
+            statement = statements(text[:-1])[-1]  # a small piece: its entry's header, and it
+            match = COPY_STATEMENT.match(statement, code_start(statement))
+            if match:
+                self._table = table_name(match.group("table"))
+                self.rows.setdefault(self._table, 0)
+                self._tail = b"\n"  # the rows start at a line start
 
-    def _count_rows(self, buffer: bytes, position: int, end: int) -> int:
-        """From a line start inside a COPY block: count rows up to its end marker."""
-        if buffer.startswith(END_OF_COPY, position):
-            marker = position
-        else:
-            found = buffer.find(b"\n" + END_OF_COPY, position, end)
-            marker = found + 1 if found >= 0 else end
+    def _rows(self, piece: Piece) -> None:
         table = self._table
-        self.rows[table] = self.rows.get(table, 0) + buffer.count(b"\n", position, marker)
-        if marker == end:
-            return end
-        self._table = None
-        return marker + len(END_OF_COPY)
+        if table is None:  # rows of a COPY this scanner cannot name: not counted
+            return
+        text = piece.text
+        lines = text.count(b"\n")
+        if piece.ends_copy:
+            lines -= 1  # the end marker's line
+            self._table = None
+        self.rows[table] += lines
+        self._tail = (self._tail + text[-3:])[-3:]
 
     def finish(self) -> None:
-        """The dump ended: a last line without a newline still counts."""
-        if self._pending:
-            self.feed(b"\n")
+        """The dump ended: a last line without a newline still counts, and a last `\\.`
+        without one ends its block."""
+        if self._reader is not None:
+            self._reader.finish()
+        if self._table is None or self._tail.endswith(b"\n"):
+            return
+        if self._tail.endswith(b"\n\\."):
+            self._table = None
+        else:
+            self.rows[self._table] += 1
 
 
-def _lines_starting_with(buffer: bytes, prefix: bytes, start: int, end: int) -> int:
-    """Lines in buffer[start:end] (start at a line start) beginning with `prefix`."""
-    count = buffer.count(b"\n" + prefix, start, end)
-    return count + (1 if buffer.startswith(prefix, start) and start < end else 0)

@@ -25,6 +25,7 @@ from helpers import retention
 from helpers.config import backup_root, env_dir
 from helpers.errors import UserError
 from helpers.freshness import FRESH_FOR, SEVERITY, STALE_AFTER, Freshness, utc_text
+from helpers.settings import replace_private
 
 RECORD_NAME = ".offsite.json"
 # A remote name as rclone allows it ("b2", "my-s3", "nas.home"), then ':' and a path.
@@ -353,24 +354,15 @@ def read_record(env: str, dest: Destination) -> dict | None:
 def write_record(env: str, dest: Destination, newest: datetime, now: datetime) -> None:
     """Remember that the backup `newest` (and every older one) is off-site at `dest`.
 
-    Written to a temporary file and renamed, 0600: a reader sees the old record or the
-    new, whole. A record never goes back to an older stamp."""
+    Written whole, 0600 (settings.replace_private): a reader sees the old record or the
+    new. A record never goes back to an older stamp. Raises OSError."""
     previous = read_record(env, dest)
     if previous:
         recorded = parse_stamp(previous.get("latest"))
         if recorded is not None and recorded > newest:
             newest = recorded
     record = {"destination": dest.text, "latest": utc_text(newest), "pushed_at": utc_text(now)}
-    final = record_path(env)
-    partial = final.with_name(f"{RECORD_NAME}.{os.getpid()}.tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(os.dup(fd), "w") as stream:
-            stream.write(json.dumps(record) + "\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, final)
+    replace_private(record_path(env), json.dumps(record) + "\n")  # an OSError: the caller's
 
 
 def parse_stamp(text) -> datetime | None:

@@ -164,7 +164,7 @@ class DumpFacts:
 
     sql_bytes: int = 0
     clean_section: bool = False  # an older --clean dump: restore skips its DROP block
-    leave_out: tuple[str, ...] = ()  # roles whose statements the apply leaves out
+    leave_out: tuple[str, ...] = ()  # the role filter's arguments (dumproles.filter_arguments)
 
 
 class DamagedBackup(UserError):

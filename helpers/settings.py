@@ -55,7 +55,16 @@ def add_env(env: str, order: tuple[str, ...]) -> list[str]:
 
 def write_private(path: Path, text: str) -> None:
     """Replace `path` whole (0600, in a 0700 folder when it makes one): a reader never sees
-    half a file."""
+    half a file. A failure is a UserError naming the file."""
+    try:
+        replace_private(path, text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def replace_private(path: Path, text: str) -> None:
+    """write_private for callers that report an OSError themselves: no temporary file is
+    left behind when it fails."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -65,9 +74,9 @@ def write_private(path: Path, text: str) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
-    except OSError as error:
+    except OSError:
         partial.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
 
 
 def main(argv: list[str]) -> int:

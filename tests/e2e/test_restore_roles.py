@@ -137,6 +137,138 @@ def test_a_server_lacking_the_roles_restores_owned_by_the_restoring_role_with_a_
     assert contents(pg, db).count("\n") == 50
 
 
+@pytest.fixture
+def new_role(pg, app_db):
+    """make(prefix) -> a new role's name; each is dropped, with what it holds in the test's
+    databases (the target, its undo copy), after the test."""
+    db = app_db[0]
+    made = []
+
+    def make(prefix: str) -> str:
+        made.append(f"{prefix}_{uuid.uuid4().hex[:8]}")
+        pg.psql("postgres", f"create role {made[-1]}")
+        return made[-1]
+
+    yield make
+    databases = [name for name in pg.psql("postgres", "select datname from pg_database")
+                 .split() if name.startswith(db)]
+    for role in made:
+        for name in databases:
+            pg.psql(name, f"drop owned by {role}", check=False)
+        pg.psql("postgres", f"drop role if exists {role}", check=False)
+
+
+def drop_role_everywhere(pg, db: str, role: str) -> None:
+    """The laptop: `role` does not exist there (nor its policies' share of it)."""
+    pg.psql(db, f"drop owned by {role}")
+    pg.psql("postgres", f"drop role {role}")
+
+
+POLICIES_SQL = """
+select policyname, permissive, array_to_string(roles, ','), qual, coalesce(
+  obj_description((select oid from pg_policy where polname = policyname), 'pg_policy'), '-')
+from pg_policies where tablename = 'items' order by 1
+"""
+
+
+def test_policies_for_a_role_the_server_lacks_keep_every_other_role_as_it_was(
+        pg, app_db, new_role):
+    db, reader, environ = app_db
+    gone = new_role("restore_gone")
+    pg.psql(db, f"""
+        set role {APP};
+        alter table items enable row level security;
+        create policy shared on items for select to {reader}, {gone} using (id <= 10);
+        create policy limited on items as restrictive for select to {gone}, {reader}
+          using (id > 2);
+        create policy gone_only on items for select to {gone} using (true);
+        create policy gone_limit on items as restrictive to {gone} using (false);
+        comment on policy gone_only on items is 'for {gone} only';
+        comment on policy shared on items is 'ten';
+    """)
+    reader_sees = f"set role {reader}; select count(*) from items"
+    assert pg.psql(db, reader_sees).split()[-1] == "8"  # after psql's "SET"
+    backup = take_backup(environ)
+    drop_role_everywhere(pg, db, gone)
+
+    result = restore(environ, backup)
+
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "polic" in line]
+    assert warnings == [
+        "restore into dev: warning: policies kept for their other roles, without roles this"
+        f" server lacks: limited on public.items ({gone}), shared on public.items ({gone})",
+        "restore into dev: warning: policies for roles this server lacks only were left out"
+        " (they apply to no role here): gone_limit on public.items"
+        f" ({gone}), gone_only on public.items ({gone})"]
+    # Exactly the access every role here had: no policy widened, none for no one.
+    assert pg.psql(db, POLICIES_SQL).splitlines() == [
+        f"limited|RESTRICTIVE|{reader}|(id > 2)|-",
+        f"shared|PERMISSIVE|{reader}|(id <= 10)|ten"]
+    assert pg.psql(db, reader_sees).split()[-1] == "8"
+
+
+def test_a_user_mapping_for_a_role_the_server_lacks_is_left_out_and_named(
+        pg, app_db, new_role):
+    db, reader, environ = app_db
+    gone = new_role("restore_gone")
+    # Foreign-data wrappers are a superuser's: this restore runs as one.
+    pg.psql(db, f"""
+        create foreign data wrapper restore_fdw;
+        create server restore_srv foreign data wrapper restore_fdw;
+        create user mapping for {reader} server restore_srv options (user 'r');
+        create user mapping for {gone} server restore_srv options (password 'hunter2');
+        create user mapping for public server restore_srv options (user 'anyone');
+    """)
+    superuser = {**environ, "CARABASE_DEV_DATABASE_URL": pg.url(db)}
+    backup = take_backup(superuser)
+    drop_role_everywhere(pg, db, gone)
+
+    result = restore(superuser, backup)
+
+    assert result.returncode == 0, result.stderr
+    assert ("restore into dev: warning: user mappings for roles this server lacks were left"
+            f" out: {gone} on server restore_srv") in result.stderr.splitlines()
+    assert "hunter2" not in result.stderr + result.stdout
+    assert pg.psql(db, "select usename, array_to_string(umoptions, ',') from"
+                       " pg_user_mappings order by 1").splitlines() == [
+        "public|user=anyone", f"{reader}|user=r"]
+
+
+ACL_SQL = """
+select c.relname, a.grantor::regrole, a.grantee::regrole, a.privilege_type
+from pg_class c, aclexplode(c.relacl) a
+where c.relnamespace = 'public'::regnamespace order by 1, 2, 3, 4
+"""
+
+
+def test_a_grant_by_a_grantor_app_may_not_act_as_is_left_out_not_given_by_app(
+        pg, app_db, new_role):
+    db, reader, environ = app_db
+    grantor = new_role("restore_grantor")
+    pg.psql(db, f"""
+        set role {APP};
+        grant update on items to {grantor} with grant option;
+        set role {grantor};
+        grant update on items to {reader};
+    """)
+    before = pg.psql(db, ACL_SQL).splitlines()
+    assert f"items|{grantor}|{reader}|UPDATE" in before
+    backup = take_backup(environ)
+
+    result = restore(environ, backup)
+
+    assert result.returncode == 0, result.stderr
+    after = pg.psql(db, ACL_SQL).splitlines()
+    assert [row for row in after if row not in before] == []  # none by another grantor
+    assert [row for row in before if row not in after] == [
+        f"items|{APP}|{grantor}|UPDATE", f"items|{grantor}|{reader}|UPDATE"]
+    # The grant to the grantor, its SET SESSION AUTHORIZATION, and the grant it made,
+    # which would otherwise run as app.
+    assert (f"restore into dev: warning: owners and grants for roles {APP} may not act as"
+            f" were left out: {grantor} (3 statements)") in result.stderr.splitlines()
+
+
 def test_a_superuser_session_on_the_target_is_refused_up_front_with_nothing_loaded(
         pg, app_db):
     db, _, environ = app_db

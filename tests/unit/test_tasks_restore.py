@@ -72,10 +72,12 @@ def test_the_dump_stream_leaves_out_roles_only_when_there_are_some(tmp_path, mon
     plaintext = plaintext_at(tmp_path / "dump.sql.gz", 10)
 
     plain = tasks.dump_stream(plaintext, DumpFacts(), "restore")
-    filtered = tasks.dump_stream(plaintext, DumpFacts(leave_out=("reader", "o'dd")), "restore")
+    filtered = tasks.dump_stream(plaintext, DumpFacts(leave_out=("--lacks=reader",
+                                                                 "--lacks=o'dd")), "restore")
 
     assert "dumproles" not in plain
-    assert filtered == plain + f" | {sys.executable} -m helpers.dumproles reader 'o'\"'\"'dd'"
+    assert filtered == plain + (f" | {sys.executable} -m helpers.dumproles --lacks=reader"
+                                f" '--lacks=o'\"'\"'dd'")
 
 
 def test_a_role_without_createdb_is_refused_pointing_to_in_place():

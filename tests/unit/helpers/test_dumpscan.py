@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.dumproles import DumpRoles
 from helpers.dumpscan import DumpScanner, display_name, table_name
 
 DUMP = b"""--
@@ -99,6 +100,27 @@ def test_copy_inside_a_function_body_is_not_a_copy_block():
     dump = (b"CREATE FUNCTION f() AS $$\nCOPY x TO stdout;\n$$;\n"
             b"COPY public.t (a) FROM stdin;\n1\n\\.\n")
     assert scan([dump]).rows == {("public", "t"): 1}
+
+
+def test_a_copy_line_in_a_function_body_or_a_string_is_not_a_copy_block():
+    # Read as psql reads it (helpers.dumpsql): the body's lines are one string.
+    dump = (b"CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $$\n"
+            b"COPY public.t (a) FROM stdin;\n$$;\n"
+            b"COMMENT ON TABLE public.t IS '\nCOPY public.t (a) FROM stdin;\n';\n"
+            b"COPY public.t (a) FROM stdin;\n1\n2\n\\.\n")
+    scanner = scan([dump])
+    assert scanner.rows == {("public", "t"): 2}
+    assert scanner.unfinished_table is None
+
+
+def test_the_drill_counts_on_the_reader_that_lists_the_roles():
+    scanner = DumpScanner()
+    named = DumpRoles(also=scanner.piece)
+    for piece in in_pieces(DUMP, 7):
+        named.feed(piece)
+    named.finish()
+    scanner.finish()
+    assert scanner.rows == EXPECTED and scanner.large_objects == 2
 
 
 def test_last_line_without_newline_still_ends_the_block():

@@ -218,6 +218,17 @@ def test_the_record_is_0600_and_never_goes_back_to_an_older_backup(root, monkeyp
     assert [p.name for p in (root / "dev").iterdir()] == [".offsite.json"]  # no temp file
 
 
+def test_a_record_that_cannot_be_written_is_an_oserror_and_leaves_no_temporary_file(
+        root, monkeypatch):
+    monkeypatch.setenv("CARABASE_OFFSITE", "b2:bucket")
+    (root / "dev" / ".offsite.json").mkdir(parents=True)  # in the way of the rename
+
+    with pytest.raises(OSError):  # what push and backup report, as for their own files
+        offsite.write_record("dev", offsite.destination(), NOW - HOUR, NOW)
+
+    assert [p.name for p in (root / "dev").iterdir()] == [".offsite.json"]
+
+
 def test_a_record_for_another_destination_says_nothing(root, monkeypatch):
     monkeypatch.setenv("CARABASE_OFFSITE", "b2:bucket")
     offsite.write_record("dev", offsite.destination(), NOW - HOUR, NOW)
