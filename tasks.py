@@ -652,7 +652,7 @@ def dump_stream(plaintext: Plaintext, facts: DumpFacts, action: str) -> str:
         decompress = f"{inflate_stage(size)} < {quoted(plaintext.path)}"
     if facts.clean_section:  # an older backup: its DROP block has nothing to drop
         decompress += " | " + helper_command("clean_section")
-    if facts.leave_out:  # owners and grants for roles this server lacks
+    if facts.leave_out:  # what names roles this server lacks, or this role may not act as
         decompress += " | " + helper_command("dumproles", *facts.leave_out)
     return decompress
 
