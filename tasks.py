@@ -361,9 +361,10 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         identity = settings_kept(target, probe, drop_settings, action)
 
     force = probe.restoring.superuser
+    sessions = None if in_place else restore_sessions(jobs, source.stat().st_size)
     with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext, \
-            fresh_database(c, target, identity, force, in_place) as fresh:
+            fresh_database(c, target, identity, force, sessions) as fresh:
         facts = checked_dump(key, source, plaintext, probe.restoring, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
@@ -371,7 +372,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
             tidy = replace_database(c, plaintext, facts, fresh, identity, no_keep, action,
-                                    restore_sessions(jobs, source.stat().st_size), force)
+                                    force)
     print(f"{action}: restored {source} into {target.uri} in"
           f" {time.monotonic() - started:.1f}s")
     if in_place:
@@ -406,7 +407,7 @@ def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
 
 def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshDatabase,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
-                     action: str, jobs: int = 1, force: bool = False) -> bool:
+                     action: str, force: bool = False) -> bool:
     """Load the backup into the fresh database, then swap it in for the target. False if,
     the swap done, an old copy could not be dropped (said on stderr). `force`: the
     role may drop with WITH (FORCE) (swap.drop_database_sql)."""
@@ -416,7 +417,8 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshData
     fresh.taken_over = True  # from here on, a failure drops it below
     try:
         fresh.wait(action)
-        apply_dump(c, plaintext, facts, fresh.db, action, jobs=jobs)
+        apply_dump(c, plaintext, facts, fresh.db, action, jobs=fresh.sessions,
+                   create=fresh.create, server=server)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
@@ -440,13 +442,16 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshData
 
 
 class FreshDatabase:
-    """The empty database a restore loads (`<target>__carabase_restoring`), being made by
-    a psql of its own while the backup is decrypted and checked (fresh_database)."""
+    """The empty database a restore loads (`<target>__carabase_restoring`), and how it
+    comes to be (fresh_database): `making`, the promise of a psql of its own that makes it
+    while the backup is checked, or `create`, the statements the apply's one psql runs
+    first."""
 
-    def __init__(self, target: Database, making) -> None:
+    def __init__(self, target: Database, making=None, create: list[str] = (),
+                 sessions: int = 1) -> None:
         self.target = target
         self.db = target.on_database(swap.restoring_name(target.name))
-        self.making = making  # invoke's promise of that psql; None: nothing to make
+        self.making, self.create, self.sessions = making, create, sessions
         self.taken_over = False  # replace_database drops it on failure from then on
 
     def wait(self, action: str) -> None:
@@ -460,22 +465,28 @@ class FreshDatabase:
 
 @contextlib.contextmanager
 def fresh_database(c, target: Database, identity: swap.DatabaseIdentity | None,
-                   force: bool, in_place: bool):
-    """Start making the fresh database (after dropping what a killed restore left:
-    half-built, or retired and not yet dropped), so that it is ready when the check of
-    the backup is done; it stays empty until then. Dropped again if the restore stops
-    before replace_database takes it over. Nothing to make for --in-place."""
-    statements = [*swap.drop_database_sql(swap.restoring_name(target.name), force),
+                   force: bool, sessions: int | None):
+    """The fresh database a restore over `sessions` loads (None: --in-place, none),
+    after dropping what a killed restore left (half-built, or retired and not yet
+    dropped). Over several sessions, a psql of its own starts making it at once, so that
+    it is ready when the check of the backup is done (it stays empty until then), and
+    drops it again if the restore stops before replace_database takes it over. In one
+    session, the apply's psql makes it first: a small backup's check is over at once,
+    and a psql start fewer is what counts there."""
+    fresh = FreshDatabase(target, sessions=sessions or 1)
+    statements = [*swap.drop_database_sql(fresh.db.name, force),
                   *swap.drop_database_sql(swap.retired_name(target.name), force),
-                  swap.create_database_sql(swap.restoring_name(target.name), identity)]
-    making = None if in_place else run_sql(c, maintenance_of(target), "\n".join(statements),
-                                           asynchronous=True)
-    fresh = FreshDatabase(target, making)
+                  swap.create_database_sql(fresh.db.name, identity)]
+    if sessions == 1:
+        fresh.create = statements
+    elif sessions is not None:
+        fresh.making = run_sql(c, maintenance_of(target), "\n".join(statements),
+                               asynchronous=True)
     try:
         yield fresh
     except BaseException:
-        if making is not None and not fresh.taken_over:
-            making.join()
+        if fresh.making is not None and not fresh.taken_over:
+            fresh.making.join()
             drop_database(c, fresh.db, force)
         raise
 
@@ -658,11 +669,12 @@ def dump_stream(plaintext: Plaintext, facts: DumpFacts, action: str) -> str:
 
 
 def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: str,
-               jobs: int = 1) -> None:
+               jobs: int = 1, create: list[str] = (), server: Database | None = None) -> None:
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap). Over
     `jobs` sessions when more than one (helpers.parallel_apply), except for an older
-    backup (its DROP block is for one).
+    backup (its DROP block is for one). `create`: statements that make `db`, which the
+    one psql runs first, each on its own, on `server` (see apply_psql).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
@@ -675,7 +687,8 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
         command = "exec 3<&0; " + pipeline(dump_stream(plaintext, facts, action), apply)
     else:
         command = pipeline(dump_stream(plaintext, facts, action),
-                           psql_command(db, "--file", "-") + " > /dev/null")
+                           apply_psql(db, create, server or maintenance_of(db))
+                           + " > /dev/null")
     # Each statement commits without waiting for its WAL to reach the disk: safe, because
     # the swap's own COMMIT waits for all WAL written before it, this database's included.
     options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
@@ -684,6 +697,20 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
                    hide=True, warn=True, in_stream=False)
     if not result.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
+
+
+def apply_psql(db: Database, create: list[str], server: Database) -> str:
+    """The one psql that applies the dump; with `create`, it first runs those statements
+    on `server`, then connects to `db` by its URI, as any other psql here would (one
+    psql start fewer than a psql of their own)."""
+    if not create:
+        return psql_command(db, "--file", "-")
+    first = [word for sql in create for word in ("--command", sql)]
+    # Unset before psql reads the dump, where it would replace any `:fresh` that stands
+    # outside quotes (an array slice `a[1:fresh]`).
+    return psql_command(server, *first, "--set", f"fresh={db.uri}",
+                        "--command", r"\connect :fresh", "--command", r"\unset fresh",
+                        "--file", "-")
 
 
 READY = "carabase: ready to commit"

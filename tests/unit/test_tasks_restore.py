@@ -96,11 +96,11 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
-def test_the_fresh_database_is_made_by_a_psql_of_its_own_while_the_backup_is_checked():
+def test_over_sessions_the_fresh_database_is_made_while_the_backup_is_checked():
     target = parse_database_url("postgresql://u:pw@h/app?sslmode=require", "V")
     context = MockContext(run=Result(exited=0))
 
-    with tasks.fresh_database(context, target, None, force=True, in_place=False) as fresh:
+    with tasks.fresh_database(context, target, None, force=True, sessions=2) as fresh:
         [call] = context.run.call_args_list
 
     assert call.kwargs["asynchronous"] is True  # the check of the backup goes on meanwhile
@@ -116,14 +116,41 @@ def test_the_fresh_database_is_made_by_a_psql_of_its_own_while_the_backup_is_che
     assert "pw" not in command.replace("pipefail", "")
 
 
-def test_an_in_place_restore_makes_no_fresh_database():
+def test_in_one_session_the_apply_makes_the_fresh_database_and_in_place_there_is_none():
     target = parse_database_url("postgresql://u@h/app", "V")
     context = MockContext(run=Result(exited=0))
 
-    with tasks.fresh_database(context, target, None, force=False, in_place=True):
-        pass
+    with tasks.fresh_database(context, target, None, force=False, sessions=1) as fresh:
+        assert fresh.create[-1] == ('CREATE DATABASE "app__carabase_restoring"'
+                                    ' WITH TEMPLATE template0;')
+    with tasks.fresh_database(context, target, None, force=False, sessions=None) as fresh:
+        assert fresh.create == ()
 
-    assert context.run.call_args_list == []
+    assert context.run.call_args_list == []  # no psql of its own
+
+
+def test_the_one_psql_creates_the_fresh_database_then_connects_to_it(tmp_path):
+    fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring?sslmode=require",
+                               "V")
+    server = fresh.on_database("template1")
+    plaintext = plaintext_at(tmp_path / "dump.sql.gz")
+    context = MockContext(run=Result(exited=0))
+    create = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
+              'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
+
+    tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
+                     create=create, server=server)
+
+    [command] = [call.args[0] for call in context.run.call_args_list]
+    psql = shlex.split(command.rsplit("|", 1)[1].removesuffix("> /dev/null"))
+    assert psql[psql.index("--dbname") + 1] == "postgresql://u@h/template1?sslmode=require"
+    assert psql[psql.index("--dbname") + 2:] == [
+        "--command", create[0], "--command", create[1],  # each on its own: no transaction
+        # then the fresh database by its URI, as any psql here connects; and the variable
+        # is gone before the dump is read, which could hold `:fresh` outside quotes.
+        "--set", "fresh=postgresql://u@h/app__carabase_restoring?sslmode=require",
+        "--command", r"\connect :fresh", "--command", r"\unset fresh", "--file", "-"]
+    assert "pw" not in command.replace("pipefail", "")
 
 
 def test_several_sessions_apply_through_the_parallel_apply_on_a_lifeline(tmp_path):
