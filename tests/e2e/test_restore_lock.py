@@ -60,11 +60,12 @@ def elsewhere(environ: dict[str, str], tmp_path: Path) -> dict[str, str]:
     TMPDIR, and the database's URL spelled another way."""
     for name in ("run", "tree", "tmp"):
         (tmp_path / "elsewhere" / name).mkdir(parents=True)
+    url = environ["CARABASE_DEV_DATABASE_URL"]
     return {**environ, "XDG_RUNTIME_DIR": str(tmp_path / "elsewhere" / "run"),
             "CARABASE_BACKUP_DIR": str(tmp_path / "elsewhere" / "tree"),
             "TMPDIR": str(tmp_path / "elsewhere" / "tmp"),
-            "CARABASE_DEV_DATABASE_URL":
-                environ["CARABASE_DEV_DATABASE_URL"] + "&connect_timeout=30"}
+            "CARABASE_DEV_DATABASE_URL": url + ("&" if "?" in url else "?")
+            + "connect_timeout=30"}
 
 
 def test_a_second_restore_or_undo_of_the_same_database_from_elsewhere_is_refused_at_once(
