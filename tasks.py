@@ -65,7 +65,8 @@ from helpers.process import (Interrupted, env_lock, on_lifeline, stop_on_signal,
 from helpers.prune import prune_backups
 from helpers.restore import (DamagedBackup, DumpFacts, Plaintext, ask, confirm_restore,
                              decrypt_and_check, open_fifo_writer, private_tempdir,
-                             private_tempfile, restore_lock, sessions_phrase)
+                             private_tempfile, sessions_phrase)
+from helpers.server_lock import RestoreLock
 from helpers.tree import (ensure_private_dir, fresh_stamp, list_backups, not_a_directory,
                           not_backups, os_errors_reported, publish, remove_if_empty,
                           remove_stale_partials)
@@ -307,22 +308,29 @@ def require_programs(action: str) -> None:
             raise UserError(f"{action}: {program} is not installed or not on PATH ({fix})")
 
 
-def guard_env(c, env: str, i_know: bool, action: str) -> tuple[Database, swap.Probe]:
-    """The env's database, once the prod guardrails let `action` at it, and what the
-    server says of it (probe_target)."""
+def guard_env(c, env: str, i_know: bool,
+              action: str) -> tuple[Database, swap.Probe, RestoreLock]:
+    """The env's database, once the prod guardrails let `action` at it, what the server
+    says of it (probe_target), and its restore lock, taken while the probe runs (enter
+    it with `with` before changing anything)."""
     check_env(env)
     i_know = i_know or os.environ.get("CARABASE_I_KNOW") == "1"
     if env == "prod" and not i_know:
         raise UserError(f"{action} refused: touching prod's database needs --i-know"
                         " (or CARABASE_I_KNOW=1)")
     target = database(env)
-    # Where prod's URL leads is looked up while the target is probed: neither waits.
-    prod_identity = None if env == "prod" else in_background(lambda: look_up_prod(c))
-    probe = probe_target(c, target, action)
-    if prod_identity is not None:
-        refuse_if_reaches_prod(c, target, (probe.cluster, probe.database), action,
-                               prod_identity())
-    return target, probe
+    lock = RestoreLock(maintenance_of(target), target.name, action)
+    try:
+        # Where prod's URL leads is looked up while the target is probed: neither waits.
+        prod_identity = None if env == "prod" else in_background(lambda: look_up_prod(c))
+        probe = probe_target(c, target, action)
+        if prod_identity is not None:
+            refuse_if_reaches_prod(c, target, (probe.cluster, probe.database), action,
+                                   prod_identity())
+    except BaseException:
+        lock.release()
+        raise
+    return target, probe, lock
 
 
 @task(
@@ -353,7 +361,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         raise UserError(f"{action}: {source} is not a file")
     key = require_key()
     require_programs(action)
-    target, probe = guard_env(c, env, i_know, action)
+    target, probe, lock = guard_env(c, env, i_know, action)
     identity = probe.identity  # --in-place keeps the database, settings and all
     if not in_place:
         refuse_without_createdb(target, probe, action)
@@ -362,7 +370,7 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
 
     force = probe.restoring.superuser
     sessions = None if in_place else restore_sessions(jobs, source.stat().st_size)
-    with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"), \
+    with lock, stop_on_signal(f"{action} (nothing was changed)"), \
             os_errors_reported(action), private_tempfile() as plaintext, \
             fresh_database(c, target, identity, force, sessions) as fresh:
         facts = checked_dump(key, source, plaintext, probe.restoring, action)
@@ -796,11 +804,11 @@ def undo_restore(c, env, yes=False, i_know=False):
     action = f"undo-restore {env}"
     check_env(env)
     require_programs(action)
-    target, probe = guard_env(c, env, i_know, action)
+    target, probe, lock = guard_env(c, env, i_know, action)
     refuse_blocking_sessions(target, probe, action)
     server = maintenance_of(target)
     undo = swap.undo_name(target.name)
-    with restore_lock(env, action), stop_on_signal(f"{action} (nothing was changed)"):
+    with lock, stop_on_signal(f"{action} (nothing was changed)"):
         kept = database_identity(c, server, undo, action)
         if kept is None:
             raise UserError(f"{action}: no restore of {env} to undo: there is no undo copy"

@@ -55,6 +55,17 @@ def start_with_pipes(argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, bufsize=0)
 
 
+def start_deaf_to_sigterm(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start `argv` with pipes (as start_with_pipes), in a session of its own and with
+    SIGTERM ignored: neither a Ctrl-C at the terminal nor terminate_descendants ends it,
+    only the end of its standard input (we close it, or we die). For the psql that holds
+    the restore lock (helpers.server_lock) until the restore has cleaned up."""
+    return subprocess.Popen(["bash", "-c", 'trap "" TERM; exec "$@"', "bash", *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0, env=env,
+                            start_new_session=True)
+
+
 def terminate_descendants() -> None:
     """SIGTERM every process below this one (portable: ps exists on macOS and Linux).
 

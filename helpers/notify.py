@@ -20,10 +20,12 @@ from helpers.errors import UserError
 
 # Each ping, all its tries together, ends within TIMEOUT seconds whatever the server
 # does (a server that trickles a byte a second would hold a per-read timeout forever):
-# a night's two pings cost it 20 s at most.
+# a night's two pings cost it 20 s at most. A try may use all that is left of them, so a
+# monitor that takes 4 s to answer is reached; a retry gets what the tries before it
+# left (after a quick failure, a refused connection or a 5xx, that is most of it).
 TIMEOUT = 10.0  # seconds per ping, every try included
 TRIES = 3
-RETRY_PAUSE = 1.0  # seconds between tries (at most half of a try's share)
+RETRY_PAUSE = 1.0  # seconds between tries (at most half of what is left)
 # Only for tests, which need a dead endpoint to cost less than 10 s.
 TIMEOUT_VARIABLE = "CARABASE_NOTIFY_TIMEOUT"
 SIGNALS = {"start": "/start", "success": "", "fail": "/fail"}
@@ -87,8 +89,8 @@ def ping(url: str, signal: str, body: str = "", *, seconds: float | None = None,
          tries: int = TRIES) -> str | None:
     """POST `body` to the URL of `signal` (start, success or fail); None when it was
     received, else one line saying why not, naming only the host. Never raises, and
-    returns within `seconds` (TIMEOUT) whatever the server does: each try gets an even
-    share of what is left."""
+    returns within `seconds` (TIMEOUT) whatever the server does: each try may take all
+    that is left of them."""
     import urllib.request  # here, not at the top: only nightly pings, and it costs startup
 
     seconds = timeout() if seconds is None else seconds
@@ -98,14 +100,13 @@ def ping(url: str, signal: str, body: str = "", *, seconds: float | None = None,
     deadline = time.monotonic() + seconds
     reason, attempts = "not sent", 0
     while attempts < tries:
-        share = (deadline - time.monotonic()) / (tries - attempts)
         if attempts:
-            time.sleep(min(RETRY_PAUSE, share / 2))
-            share = (deadline - time.monotonic()) / (tries - attempts)
-        if share <= 0:
+            time.sleep(max(0.0, min(RETRY_PAUSE, (deadline - time.monotonic()) / 2)))
+        left = deadline - time.monotonic()
+        if left <= 0:
             break
         attempts += 1
-        reason, retry = _try_once(request, share)
+        reason, retry = _try_once(request, left)
         if reason is None:
             return None
         if not retry:

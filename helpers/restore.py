@@ -1,11 +1,10 @@
 """The parts of a restore that are not commands: the private tempfile the backup is
-decrypted into, the decryption and the gzip check (one pass), the env's restore lock,
-and the confirmation question."""
+decrypted into, the decryption and the gzip check (one pass), and the confirmation
+question (the restore lock is helpers.server_lock)."""
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 import stat
@@ -20,9 +19,8 @@ from typing import BinaryIO
 
 from helpers import crypto, retention, verify
 from helpers.clean_section import starts_with_clean_section
-from helpers.config import Database, backup_root
+from helpers.config import Database
 from helpers.errors import UserError
-from helpers.process import file_lock
 
 HEAD_SIZE = 64 * 1024  # enough of the SQL to see how the dump starts
 
@@ -221,45 +219,6 @@ def decrypt_and_check(key: bytes, source: Path, plaintext: Plaintext, action: st
                         f" (set TMPDIR to use another directory): {error.strerror}") from None
     facts.clean_section = starts_with_clean_section(bytes(head))
     return facts
-
-
-@contextmanager
-def restore_lock(env: str, action: str):
-    """One restore (or undo) of an env at a time: both use the env's fixed database
-    names. A lock of its own, so that a long restore never stops a nightly backup; and
-    outside the backup tree, which may be mounted read-only for a recovery."""
-    def refuse(fd: int) -> None:
-        raise UserError(f"{action}: another restore of {env} is running; try again when it"
-                        " has finished")
-
-    try:
-        path = restore_lock_path(env)
-        with file_lock(path, refuse):
-            yield
-    except OSError as error:
-        where = f" {error.filename}" if error.filename else ""
-        raise UserError(f"{action} failed:{where}: {error.strerror or error}") from None
-
-
-def restore_lock_path(env: str) -> Path:
-    """`carabase-<uid>/restore-<env>-<hash of the backup root>.lock` in the runtime
-    directory (XDG_RUNTIME_DIR), else in /tmp: one lock per env and tree. Not in TMPDIR,
-    which two restores of the same env may set differently."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    base = runtime if os.path.isabs(runtime) and os.path.isdir(runtime) else "/tmp"
-    directory = Path(base) / f"carabase-{os.getuid()}"
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    found = directory.lstat()
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() \
-            or found.st_mode & 0o077:
-        # In a shared /tmp another user could have made it, to read or break our lock.
-        raise UserError(f"{directory} is not a private directory of this user (0700):"
-                        f" remove it, or set XDG_RUNTIME_DIR to a directory of your own")
-    tree = hashlib.sha256(os.path.abspath(backup_root()).encode()).hexdigest()[:16]
-    return directory / f"restore-{env}-{tree}.lock"
 
 
 def sessions_phrase(count: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,17 +18,20 @@ class Ping:
 
 
 @contextmanager
-def ping_server(statuses: list[int] | None = None):
+def ping_server(statuses: list[int] | None = None, delays: list[float] | None = None):
     """A server on an ephemeral port; yields (its base URL, the list of Pings it got).
-    It answers each request with the next of `statuses` (200 once they run out)."""
+    It answers each request with the next of `statuses` (200 once they run out), after
+    the next of `delays` in seconds (at once when they run out): a slow monitor."""
     received: list[Ping] = []
     pending = list(statuses or [])
+    slowness = list(delays or [])
 
     class Recorder(BaseHTTPRequestHandler):
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode("utf-8", "replace")
             received.append(Ping("POST", self.path, body))
+            time.sleep(slowness.pop(0) if slowness else 0)
             status = pending.pop(0) if pending else 200
             self.send_response(status)
             self.send_header("Content-Length", "2")

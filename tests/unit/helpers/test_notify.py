@@ -125,24 +125,46 @@ def test_nothing_listening_fails_fast_with_one_line_and_no_exception():
     assert time.monotonic() - started < 1  # 3 refusals and 2 short pauses
 
 
-def test_an_endpoint_that_never_answers_costs_the_deadline_over_three_tries():
+def test_an_endpoint_that_never_answers_costs_the_deadline_in_one_try():
+    # The first try waits the whole deadline; none is left for another.
     with silent_endpoint() as base:
         started = time.monotonic()
         problem = notify.ping(f"{base}/{SECRET}", "success", seconds=0.6)
         elapsed = time.monotonic() - started
-    assert problem == "success ping to 127.0.0.1 failed after 3 tries: timed out"
+    assert problem == "success ping to 127.0.0.1 failed: timed out"
     assert 0.5 <= elapsed < 0.6 + 0.3
 
 
+def test_a_monitor_slower_than_a_third_of_the_deadline_but_within_it_is_reached():
+    # 0.75 s to answer, 1.5 s per ping: one try of the whole deadline reaches it (an even
+    # share of 0.5 s per try would time out three times over).
+    with ping_server(delays=[0.75, 0.75, 0.75]) as (base, received):
+        started = time.monotonic()
+        problem = notify.ping(f"{base}/{SECRET}", "success", "all good\n", seconds=1.5)
+        elapsed = time.monotonic() - started
+    assert problem is None
+    assert [(ping.path, ping.body) for ping in received] == [(f"/{SECRET}", "all good\n")]
+    assert 0.75 <= elapsed < 1.5
+
+
+def test_a_retry_may_use_all_the_deadline_the_first_try_left():
+    # A quick 503, then an answer after 0.9 s: the retry has about 1.45 s for it.
+    with ping_server(statuses=[503], delays=[0, 0.9]) as (base, received):
+        problem = notify.ping(f"{base}/{SECRET}", "start", seconds=1.5)
+    assert problem is None
+    assert [ping.path for ping in received] == [f"/{SECRET}/start"] * 2
+
+
 def test_an_endpoint_that_trickles_its_answer_is_cut_off_at_the_deadline():
-    # A byte every 0.05 s keeps any per-read timeout from firing; the answer would
-    # take 10 s to arrive.
-    with trickling_endpoint(interval=0.05, response_bytes=200) as (base, paths):
+    # A byte every 0.1 s keeps any per-read timeout from firing; the answer would take
+    # 25 s to arrive, its status line alone 1.7 s (a status line that arrives in time
+    # says the ping was taken, whatever follows).
+    with trickling_endpoint(interval=0.1, response_bytes=200) as (base, paths):
         started = time.monotonic()
         problem = notify.ping(f"{base}/{SECRET}", "start", seconds=0.9)
         elapsed = time.monotonic() - started
-    assert problem == "start ping to 127.0.0.1 failed after 3 tries: timed out"
-    assert paths == [f"/{SECRET}/start"] * 3
+    assert problem == "start ping to 127.0.0.1 failed: timed out"
+    assert paths == [f"/{SECRET}/start"]  # one try, cut off at the deadline
     assert 0.8 <= elapsed < 0.9 + 0.3
 
 

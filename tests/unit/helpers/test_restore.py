@@ -15,8 +15,7 @@ from helpers import crypto, restore
 from helpers.config import parse_database_url
 from helpers.errors import UserError
 from helpers.restore import (confirm_restore, decrypt_and_check, private_tempfile,
-                             remove_stale_plaintexts, restore_lock, restore_lock_path,
-                             sessions_phrase)
+                             remove_stale_plaintexts, sessions_phrase)
 
 KEY = bytes(range(32))
 HEADER = b"--\n-- PostgreSQL database dump\n--\n\nSET statement_timeout = 0;\n\n"
@@ -181,40 +180,6 @@ def test_decrypt_and_check_with_the_wrong_key_is_refused_and_leaves_no_plaintext
         decrypt_and_check(bytes(32), source, plain, "restore into dev")
 
     assert read_back(plain) == b""
-
-
-def test_second_restore_of_the_same_env_is_refused_while_one_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path))
-    with restore_lock("dev", "restore into dev"):
-        with pytest.raises(UserError, match="another restore of dev is running"), \
-                restore_lock("dev", "undo-restore dev"):
-            pass
-        with restore_lock("staging", "restore into staging"):  # other envs: no wait
-            pass
-
-
-def test_the_restore_lock_is_private_outside_the_tree_and_one_per_env_and_tree(
-        tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    (tmp_path / "run").mkdir()
-    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "tree"))
-    dev, staging = restore_lock_path("dev"), restore_lock_path("staging")
-    assert dev.parent == tmp_path / "run" / f"carabase-{os.getuid()}"
-    assert dev.parent.stat().st_mode & 0o777 == 0o700
-    assert dev != staging and not (tmp_path / "tree").exists()
-    monkeypatch.setenv("CARABASE_BACKUP_DIR", str(tmp_path / "other-tree"))
-    assert restore_lock_path("dev") != dev
-
-
-def test_a_restore_lock_directory_others_may_use_is_refused_in_one_line(tmp_path,
-                                                                        monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    shared = tmp_path / f"carabase-{os.getuid()}"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    with pytest.raises(UserError, match=f"{shared} is not a private directory of this user"), \
-            restore_lock("dev", "restore into dev"):
-        pass
 
 
 def test_sessions_phrase_says_how_many_will_be_closed():
