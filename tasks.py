@@ -116,9 +116,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"PYTHONPATH": pythonpath, **(extra or {})}
 
 
-def psql_command(db: Database, *args: str) -> str:
+def psql_words(db: Database, *args: str) -> tuple[str, ...]:
     """psql that ignores ~/.psqlrc and stops at the first error."""
-    return quoted("psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--dbname", db.uri, *args)
+    return ("psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--dbname", db.uri, *args)
+
+
+def psql_command(db: Database, *args: str) -> str:
+    return quoted(*psql_words(db, *args))
 
 
 def compressor() -> str:
@@ -1500,11 +1504,12 @@ RESTORED_COUNTS = f"""
     {USER_TABLES}"""
 
 
-def table_counts(c, db: Database, query: str):
-    """Run one of the queries above: ({(schema, table): rows}, large objects), or the
-    one line saying why it failed."""
-    result = c.run(psql_command(db, "-At", "-c", query), env=db.child_env(), hide=True,
-                   warn=True, in_stream=False)
+def table_counts(c, db: Database, query: str, owner: str | None = None):
+    """Run one of the queries above (as OS user `owner` when given): ({(schema, table):
+    rows}, large objects), or the one line saying why it failed."""
+    words = psql_words(db, "-At", "-c", query)
+    result = c.run(as_owner(owner, *words) if owner else quoted(*words), env=db.child_env(),
+                   hide=True, warn=True, in_stream=False)
     if not result.ok:
         return None, failure(result, db)
     try:
@@ -1918,16 +1923,27 @@ def restore_cluster(c, setup: pitr.Setup, target: datetime | None, directory: Pa
                         f" {directory / 'startup.log'}); {directory} is left for inspection")
     restored = parse_database_url(pitr.cluster_url(server, port, database(setup.env).name),
                                   "the restored cluster")
-    wait_promoted(c, restored, directory, action)
+    wait_promoted(c, server, restored, directory, action)
     return restored
 
 
-def wait_promoted(c, db: Database, directory: Path, action: str, timeout: float = 600) -> None:
+def wait_promoted(c, server: pitr.Server, db: Database, directory: Path, action: str,
+                  timeout: float = 600) -> None:
+    """Until the restored cluster is out of recovery. Asked as the data directory's owner
+    over the socket, as pgBackRest asks the live server: the invoking user may be refused
+    (root, under Debian's peer rules); a refused login ends the wait at once."""
     deadline = time.monotonic() + timeout
+    ask = as_owner(server.owner, *psql_words(db.on_database("postgres"), "-At", "-c",
+                                             "select pg_is_in_recovery()"))
     while time.monotonic() < deadline:
-        result = run_sql(c, db.on_database("postgres"), "select pg_is_in_recovery()")
+        result = c.run(ask, env=db.child_env(), hide=True, warn=True, in_stream=False)
         if result.ok and result.stdout.strip() == "f":
             return
+        refused = pitr.login_refused(result.stderr)
+        if refused:
+            raise UserError(f"{action}: the restored cluster in {directory} refuses"
+                            f" {server.owner}'s login as {server.role}: {refused} (its"
+                            " pg_hba.conf is the live server's; the cluster is left running)")
         time.sleep(0.2)
     raise UserError(f"{action}: the restored cluster in {directory} was not promoted after"
                     f" {timeout:.0f}s (see {directory / 'startup.log'})")
@@ -1970,9 +1986,11 @@ def pitr_restore(c, env, to, data_dir, port):
         restored = restore_cluster(c, setup, target, directory, pitr.check_port(port), action)
     print(f"{action}: restored to {pitr.utc_text(target) if target else 'latest'} in"
           f" {time.monotonic() - started:.1f}s: {directory} runs on port {port}")
-    print(f"{action}: connect: psql '{restored.uri}'")
-    stop = as_owner(setup.server.owner, setup.server.bindir / "pg_ctl", "-D", directory, "stop")
-    print(f"{action}: to take data from it: pg_dump '{restored.uri}' ...; to stop it: {stop}")
+    owner = setup.server.owner  # its login rules are the live server's: as its owner
+    print(f"{action}: connect: {as_owner(owner, 'psql', restored.uri)}")
+    stop = as_owner(owner, setup.server.bindir / "pg_ctl", "-D", directory, "stop")
+    print(f"{action}: to take data from it: {as_owner(owner, 'pg_dump', restored.uri)} ...;"
+          f" to stop it: {stop}")
     print(f"{action}: to switch to it, stop the live server and start this one on its port"
           " (its archiving is off: run pitr-setup again for it)")
 
@@ -1989,7 +2007,7 @@ def pitr_drill(c, env):
         with os_errors_reported(action):
             restored = restore_cluster(c, setup, target, directory, pitr.spare_port(), action)
         live, why = live_tables(c, database(env))
-        counted, why_restored = table_counts(c, restored, RESTORED_COUNTS)
+        counted, why_restored = table_counts(c, restored, RESTORED_COUNTS, setup.server.owner)
         if live is None or counted is None:
             problems = [f"cannot count tables: {why or why_restored}"]
         else:

@@ -482,11 +482,23 @@ def cluster_url(server: Server, port: int, name: str) -> str:
                      urlencode({"host": server.socket_dir, "port": port}, quote_via=quote))
 
 
+# What libpq says when the server refuses a login (not when it is only starting up).
+REFUSED = re.compile(r"(?:FATAL:\s+|fe_sendauth: )(.*(?:authentication failed|pg_hba\.conf"
+                     r"|no password supplied|role \".*\" does not exist).*)$", re.M)
+
+
+def login_refused(stderr: str) -> str | None:
+    """The server's refusal line when psql was refused a login; None when it was not
+    (the cluster may still be starting: that is worth waiting for, a refusal is not)."""
+    match = REFUSED.search(stderr)
+    return match.group(1).strip() if match else None
+
+
 # --- status, continued ----------------------------------------------------------------
 
 
 def facts_from(newest_base: datetime | None, state: dict, drill: dict | None,
-               problems: list[str]) -> Facts:
+               problems: list[str], expected_command: str | None = None) -> Facts:
     """Facts from PITR_ARCHIVER_QUERY's answer (epoch seconds, or null)."""
     def when(name: str) -> datetime | None:
         value = state.get(name)

@@ -4,11 +4,14 @@ verified and watched by status as a user would. Skipped only where pgBackRest is
 installed (.ci/run installs it)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -47,6 +50,27 @@ class Pitr:
     def status(self) -> dict:
         result = run_invoke("backup.status", "--json", env=self.environ)
         return json.loads(result.stdout)["envs"][0]
+
+    @contextlib.contextmanager
+    def login_rules(self, hba: str):
+        """Restores get `hba` as their pg_hba.conf, as on Debian, where it lives outside
+        the data directory and a restored cluster borrows the live server's."""
+        rules = self.cluster.root / "etc"
+        rules.mkdir(exist_ok=True)
+        (rules / "pg_hba.conf").write_text(hba)
+        (rules / "pg_ident.conf").write_text("")
+        for path in (rules, *rules.iterdir()):
+            shutil.chown(path, "postgres")
+        pointer = Path(self.environ["CARABASE_BACKUP_DIR"]) / "dev" / "pitr.json"
+        original = pointer.read_text()
+        data = json.loads(original)
+        data["server"]["config_elsewhere"] = [str(rules / "pg_hba.conf"),
+                                              str(rules / "pg_ident.conf")]
+        pointer.write_text(json.dumps(data))
+        try:
+            yield
+        finally:
+            pointer.write_text(original)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +270,45 @@ def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr):
     assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
     leftovers = list(Path("/tmp").glob("carabase-pitr-drill-dev-*"))
     assert leftovers == []
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server's user differs from the"
+                             " invoking one only when run as root")
+
+
+@as_root
+def test_restore_as_root_under_peer_rules_polls_and_connects_as_the_servers_user(
+        pitr, restored_dir):
+    pitr.sql("insert into markers values (200)")
+
+    with pitr.login_rules("local all all peer\n"):  # Debian's: root may not log in as postgres
+        started = time.monotonic()
+        result = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                            timeout=180)
+
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 120
+    connect = next(line for line in result.stdout.splitlines() if ": connect: " in line)
+    command = shlex.split(connect.split(": connect: ", 1)[1])
+    assert command[:3] == ["runuser", "-u", "postgres"]
+    rows = subprocess.run([*command, "-X", "-At", "-c", "select max(n) from markers"],
+                          capture_output=True, text=True, timeout=60)
+    assert rows.stdout.strip() == "200", rows.stderr
+
+
+@as_root
+def test_restore_whose_logins_are_all_refused_stops_at_once_and_names_the_cause(
+        pitr, restored_dir):
+    with pitr.login_rules("local all all reject\n"):
+        started = time.monotonic()
+        result = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                            timeout=180)
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 120
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "refuses postgres's login as postgres: pg_hba.conf rejects connection" in \
+        result.stderr
+    assert "not promoted" not in result.stderr

@@ -266,3 +266,31 @@ def test_an_unreadable_pointer_file_says_to_run_setup_again(monkeypatch, tmp_pat
 def test_a_time_that_leaves_the_calendar_in_utc_is_one_clear_line(text):
     with pytest.raises(UserError, match="out of range"):
         pitr.parse_target(text)
+
+
+@pytest.mark.parametrize("stderr, said", [
+    ('psql: error: connection to server on socket "/run/postgresql/.s.PGSQL.5499" failed:'
+     ' FATAL:  Peer authentication failed for user "postgres"\n',
+     'Peer authentication failed for user "postgres"'),
+    ('psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: FATAL:  pg_hba.conf'
+     ' rejects connection for host "[local]", user "postgres", database "postgres", no'
+     ' encryption\n', 'pg_hba.conf rejects connection for host "[local]", user "postgres",'
+     ' database "postgres", no encryption'),
+    ("psql: error: connection to server failed: fe_sendauth: no password supplied\n",
+     "no password supplied"),
+    ('psql: error: connection to server failed: FATAL:  role "root" does not exist\n',
+     'role "root" does not exist'),
+])
+def test_a_refused_login_is_told_apart_and_named(stderr, said):
+    assert pitr.login_refused(stderr) == said
+
+
+@pytest.mark.parametrize("stderr", [
+    'psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: FATAL:  the'
+    ' database system is starting up\n',
+    'psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: No such file or'
+    ' directory\n\tIs the server running locally and accepting connections on that socket?\n',
+    "",
+])
+def test_a_cluster_still_starting_is_not_a_refusal(stderr):
+    assert pitr.login_refused(stderr) is None
