@@ -1609,10 +1609,14 @@ PITR_ARCHIVER_QUERY = """
       'last_archived', extract(epoch from last_archived_time),
       'last_archived_wal', last_archived_wal,
       'last_failed', extract(epoch from last_failed_time),
+      'last_failed_wal', last_failed_wal,
       'failed_count', failed_count,
       'ready', (select count(*) from pg_ls_archive_statusdir() where name like '%.ready'),
       'oldest_ready', (select extract(epoch from min(modification))
-                       from pg_ls_archive_statusdir() where name like '%.ready'))
+                       from pg_ls_archive_statusdir() where name like '%.ready'),
+      'archive_mode', current_setting('archive_mode'),
+      'archive_command', current_setting('archive_command'),
+      'archive_library', coalesce(current_setting('archive_library', true), ''))
     from pg_stat_archiver"""
 
 
@@ -2057,7 +2061,7 @@ def pitr_facts(c, env: str, setup: pitr.Setup) -> pitr.Facts:
         problems.append(f"PITR: {error.message}")
         state = {}
     return pitr.facts_from(newest.stopped if newest else None, state, pitr.last_drill(env),
-                           problems)
+                           problems, pitr.archive_command(setup))
 
 
 def with_pitr(c, report, now: datetime):

@@ -369,6 +369,12 @@ class Facts:
     oldest_ready: datetime | None  # when the oldest of them was written
     drill: dict | None = None
     problems: tuple[str, ...] = ()  # what could not be read
+    # The server's archiving settings now, and the archive_command pitr-setup set: someone
+    # may have edited postgresql.conf since (None: not read).
+    archive_mode: str | None = None
+    archive_command: str | None = None
+    archive_library: str | None = None
+    expected_command: str | None = None
 
 
 def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
@@ -387,6 +393,7 @@ def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
                                           or facts.last_failed > facts.last_archived):
         warnings.append(f"PITR: archiving is failing (last failure {utc_text(facts.last_failed)};"
                         f" see the server's log)")
+    warnings += settings_warnings(facts)
     drill = facts.drill
     if drill is not None and drill.get("result") != "PASS":
         warnings.append(f"PITR: last drill {drill.get('result')}")
@@ -399,8 +406,26 @@ def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
         "last_failed": utc_text(facts.last_failed),
         "drill": drill,
         "warnings": warnings,
+        "status": "WARN" if warnings else "PASS",
     }
-    return ("WARN" if warnings else "PASS"), data, warnings
+    return data["status"], data, warnings
+
+
+def settings_warnings(facts: Facts) -> list[str]:
+    """The server no longer archives into the repository: archive_mode off, or an
+    archive_command (or archive_library, which wins over it) that is not pitr-setup's."""
+    hint = "run invoke backup.pitr-setup again"
+    found = []
+    if facts.archive_mode == "off":
+        found.append(f"PITR: archive_mode is off: nothing is archived ({hint} --restart)")
+    if facts.archive_library:
+        found.append(f"PITR: archive_library is set ({facts.archive_library}): WAL goes there,"
+                     f" not to pgBackRest ({hint})")
+    elif facts.expected_command is not None and facts.archive_command is not None \
+            and facts.archive_command != facts.expected_command:
+        found.append(f"PITR: archive_command is not pgBackRest's for this env any more"
+                     f" ({facts.archive_command!r}): {hint}")
+    return found
 
 
 def status_part(data: dict) -> str:
@@ -506,7 +531,9 @@ def facts_from(newest_base: datetime | None, state: dict, drill: dict | None,
 
     return Facts(newest_base, when("last_archived"), state.get("last_archived_wal"),
                  when("last_failed"), state.get("failed_count"), state.get("ready"),
-                 when("oldest_ready"), drill, tuple(problems))
+                 when("oldest_ready"), drill, tuple(problems), state.get("archive_mode"),
+                 state.get("archive_command"), state.get("archive_library"),
+                 expected_command if state else None)
 
 
 @dataclass(frozen=True)

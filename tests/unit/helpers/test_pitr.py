@@ -160,10 +160,14 @@ def test_verify_problems_of_a_clean_run_is_empty():
     assert pitr.verify_problems(clean) == []
 
 
+OURS = "pgbackrest --config=/srv/pitr/dev/pgbackrest.conf --stanza=dev archive-push %p"
+
+
 def facts(**changes) -> pitr.Facts:
     values = dict(newest_base=NOW - timedelta(days=1), last_archived=NOW - timedelta(minutes=5),
                   last_archived_wal="000000010000000000000009", last_failed=None,
-                  failed_count=0, ready=0, oldest_ready=None)
+                  failed_count=0, ready=0, oldest_ready=None, archive_mode="on",
+                  archive_command=OURS, archive_library="", expected_command=OURS)
     values.update(changes)
     return pitr.Facts(**values)
 
@@ -171,6 +175,7 @@ def facts(**changes) -> pitr.Facts:
 def test_judge_passes_a_healthy_env_and_fills_the_json_object():
     verdict, data, warnings = pitr.judge(facts(), NOW)
     assert (verdict, warnings) == ("PASS", [])
+    assert data["status"] == "PASS"
     assert data["newest_base_backup"] == "2026-04-08T12:00:00Z"
     assert data["last_archived"] == "2026-04-09T11:55:00Z"
     assert pitr.status_part(data) == " pitr=wal:2026-04-09T11:55:00Z,base:2026-04-08T12:00:00Z"
@@ -182,10 +187,13 @@ def test_judge_passes_a_healthy_env_and_fills_the_json_object():
     ({"newest_base": NOW - timedelta(days=8, minutes=1)}, "newest base backup is 8 days old"),
     ({"newest_base": None}, "no base backup"),
     ({"drill": {"result": "FAIL"}}, "last drill FAIL"),
+    ({"archive_mode": "off"}, "archive_mode is off"),
+    ({"archive_command": "/bin/true"}, "archive_command is not pgBackRest's"),
+    ({"archive_library": "basic_archive"}, "archive_library is set (basic_archive)"),
 ])
 def test_judge_warns(changes, said):
-    verdict, _, warnings = pitr.judge(facts(**changes), NOW)
-    assert verdict == "WARN"
+    verdict, data, warnings = pitr.judge(facts(**changes), NOW)
+    assert verdict == "WARN" and data["status"] == "WARN"
     assert any(said in warning for warning in warnings), warnings
 
 
