@@ -1870,25 +1870,78 @@ def copy_pitr_offsite(c, setup: pitr.Setup, action: str) -> None:
     print(f"{action}: repository copied to {remote} (rclone {verb})")
 
 
-def flush_archive(c, db: Database, action: str, timeout: float = 120) -> datetime | None:
-    """Make the live server archive everything up to now: a commit (recovery stops at
-    commits), a WAL switch, then wait until it is archived. The time archived up to, or
-    None when the server cannot be reached (the window's end is then unknown)."""
+def flush_archive(c, db: Database, action: str) -> tuple[datetime | None, str]:
+    """Ask the live server to archive everything up to now: a commit (recovery stops at
+    commits), a WAL switch, then wait briefly until it is archived. The time archived up
+    to, or None and why not (down, or its archiving failing: perhaps why we restore)."""
+    now = datetime.now(timezone.utc)  # before the commit: the commit comes after it
     switched = run_sql(c, db, "select txid_current();"
                        " select pg_walfile_name(pg_switch_wal())")
     if not switched.ok:
-        print(f"{action}: the live server is not reachable ({failure(switched, db)}): the"
-              " newest archived WAL is unknown", file=sys.stderr)
-        return None
-    now, segment = datetime.now(timezone.utc), switched.stdout.split()[-1]
-    deadline = time.monotonic() + timeout
+        return None, f"the live server is not reachable ({failure(switched, db)})"
+    segment = switched.stdout.split()[-1]
+    deadline = time.monotonic() + pitr.FLUSH_WAIT
     while time.monotonic() < deadline:
-        state = pitr_json(c, db, PITR_ARCHIVER_QUERY, action)
-        if (state["last_archived_wal"] or "")[8:] >= segment[8:]:
-            return now
+        try:
+            state = pitr.flush_state(pitr_json(c, db, PITR_ARCHIVER_QUERY, action), segment,
+                                     now)
+        except UserError as error:
+            return None, error.message
+        if state == "archived":
+            return now, ""
+        if state == "failed":
+            return None, (f"the live server cannot archive {segment} (its archive_command"
+                          " fails: see its log)")
         time.sleep(0.2)
-    raise UserError(f"{action}: the live server has not archived {segment} after"
-                    f" {timeout:.0f}s: check invoke backup.status and the server's log")
+    return None, f"the live server has not archived {segment} after {pitr.FLUSH_WAIT}s"
+
+
+def archived_commit(c, setup: pitr.Setup, info: pitr.Info) -> datetime | None:
+    """When the newest commit in the repository's WAL was (None: cannot tell): the newest
+    segments, newest first, fetched with archive-get and read by pg_waldump."""
+    folder = setup.repo / "archive" / setup.env / (info.archive_id or "")
+    waldump = setup.server.bindir / "pg_waldump"
+    if info.archive_id is None or not waldump.exists():
+        return None
+    names = pitr.segments_newest_first([p.name for p in folder.glob("*/*")])
+    scratch = Path(tempfile.mkdtemp(prefix="wal-", dir=setup.directory / "spool"))
+    try:
+        owned_dir(scratch, setup.server.owner)
+        for name in names[:pitr.SEGMENTS_READ]:
+            got = run_pgbackrest(c, setup, "archive-get", name, scratch / name,
+                                 action="archive-get", check=False)
+            read = c.run(quoted(waldump, "--rmgr=Transaction", scratch / name),
+                         env={"TZ": "UTC"}, hide=True, warn=True, in_stream=False) \
+                if got.ok else None
+            newest = pitr.last_commit(read.stdout) if read else None
+            if newest is not None:
+                return newest
+        return None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def archived_reach(c, setup: pitr.Setup, info: pitr.Info, target: datetime | None,
+                   action: str) -> datetime | None:
+    """How far the archive reaches for this restore (None: unknown). A time the archive
+    covers already needs nothing of the live server; else it is asked to archive what it
+    has. When it cannot, `latest` goes ahead with what is archived, saying up to when,
+    and a time past the newest archived commit is refused, saying why."""
+    newest = archived_commit(c, setup, info) if target is not None else None
+    if newest is not None and target < newest:
+        return newest
+    flushed, why_not = flush_archive(c, database(setup.env), action)
+    if flushed is not None:
+        return flushed
+    if target is not None:
+        if newest is not None:
+            raise UserError(f"--to {pitr.utc_text(target)} is after the newest archived"
+                            f" commit, {pitr.utc_text(newest)}, and {why_not}: choose an"
+                            " earlier time, or --to latest")
+        return None  # unknown: recovery itself finds out
+    note = pitr.unarchived_note(why_not, archived_commit(c, setup, info), info.archive_max)
+    print(f"{action}: {note}", flush=True)
+    return None
 
 
 def empty_restore_dir(path: Path, owner: str, action: str) -> None:
@@ -1966,8 +2019,9 @@ def pitr_restore_ready(c, env: str, to: str, action: str):
     check_key(setup, key, action)
     try:
         target = pitr.parse_target(to)
-        archived_until = flush_archive(c, database(env), action)
-        pitr.check_target(target, read_info(c, setup, action), archived_until)
+        info = read_info(c, setup, action)
+        pitr.check_target(target, info, archived_reach(c, setup, info, target, action)
+                          if info.oldest else None)
     except UserError as refused:
         prefix = "" if refused.message.startswith(action) else f"{action} refused: "
         raise UserError(prefix + refused.message) from None

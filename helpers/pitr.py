@@ -248,6 +248,7 @@ class Info:
     message: str
     backups: tuple[BaseBackup, ...]
     archive_max: str | None  # newest WAL segment in the repository
+    archive_id: str | None = None  # the archive holding it: archive/<stanza>/<id>/
 
     @property
     def oldest(self) -> BaseBackup | None:
@@ -268,10 +269,11 @@ def parse_info(text: str, stanza: str) -> Info:
         (BaseBackup(b["label"], b["type"], _epoch(b["timestamp"]["start"]),
                     _epoch(b["timestamp"]["stop"])) for b in entry.get("backup", [])),
         key=lambda backup: backup.stopped))
-    maxima = [a.get("max") for a in entry.get("archive", []) if a.get("max")]
+    archives = [a for a in entry.get("archive", []) if a.get("max")]
+    newest = max(archives, key=lambda a: a["max"][8:]) if archives else {}
     status = entry.get("status", {})
     return Info(status.get("code", -1), status.get("message", ""), backups,
-                max(maxima, key=lambda name: name[8:]) if maxima else None)
+                newest.get("max"), newest.get("id"))
 
 
 def _epoch(seconds: int) -> datetime:
@@ -323,7 +325,9 @@ def utc_text(stamp: datetime | None) -> str | None:
 
 def check_target(target: datetime | None, info: Info, archived_until: datetime | None) -> None:
     """Refuse up front a time the repository cannot reach: before the end of the oldest
-    base backup, or after the newest archived WAL (`archived_until`, None when unknown)."""
+    base backup, or not before the newest archived commit (`archived_until`, None when
+    unknown): recovery stops at the first commit after the time, and without one it ends
+    in error."""
     oldest = info.oldest
     if oldest is None:
         raise UserError("no base backup in the repository yet: run invoke backup.pitr-backup"
@@ -335,8 +339,55 @@ def check_target(target: datetime | None, info: Info, archived_until: datetime |
     if target < oldest.stopped:
         raise UserError(f"--to {utc_text(target)} is before the oldest base backup ended:"
                         f" {window}")
-    if archived_until is not None and target > archived_until:
+    if archived_until is not None and target >= archived_until:
         raise UserError(f"--to {utc_text(target)} is after the newest archived WAL: {window}")
+
+
+# How long a restore waits for the live server to archive its current WAL: healthy, it
+# takes a fraction of a second; a server that cannot must not hold up the restore.
+FLUSH_WAIT = 30
+# How many of the newest archived segments are read for the newest commit: one with no
+# commit is rare (a switch right after another); a handful more is plenty.
+SEGMENTS_READ = 4
+SEGMENT_FILE = re.compile(r"^([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
+# pg_waldump's Transaction records, run with TZ=UTC: "desc: COMMIT 2026-04-09 14:30:00.123456 UTC"
+WALDUMP_END = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
+                         r" UTC\b")
+
+
+def segments_newest_first(file_names: list[str]) -> list[str]:
+    """The WAL segments of an archive folder's files (`<segment>-<sha1>[.zst]`), newest
+    first; .history, .backup and .partial files are not segments."""
+    names = {match.group(1) for match in map(SEGMENT_FILE.match, file_names) if match}
+    return sorted(names, key=lambda name: (name[8:], name[:8]), reverse=True)
+
+
+def last_commit(waldump_output: str) -> datetime | None:
+    """When the last commit (or abort) in pg_waldump's output was: a recovery to a time
+    can stop only at such a record."""
+    found = WALDUMP_END.findall(waldump_output)
+    return datetime.fromisoformat(found[-1]).replace(tzinfo=timezone.utc) if found else None
+
+
+def flush_state(state: dict, segment: str, since: datetime) -> str | None:
+    """From PITR_ARCHIVER_QUERY's answer: "archived" once `segment` (or a later one) is,
+    "failed" once an attempt since `since` failed with no success after it (an older
+    segment failing blocks ours: segments are archived in order), else None."""
+    if (state.get("last_archived_wal") or "")[8:] >= segment[8:]:
+        return "archived"
+    failed, archived = state.get("last_failed"), state.get("last_archived")
+    if failed is not None and _epoch(float(failed)) >= since and \
+            (archived is None or float(failed) > float(archived)):
+        return "failed"
+    return None
+
+
+def unarchived_note(why: str, newest_commit: datetime | None, segment: str | None) -> str:
+    """What a restore to `latest` says when the live server could not archive its current
+    WAL: it goes ahead with what the repository holds, and says up to when."""
+    reach = (f"up to {utc_text(newest_commit)} (the newest archived commit)" if newest_commit
+             else f"up to the end of WAL segment {segment} (its last commit's time unknown)")
+    return f"{why}: restoring what is archived, {reach}; later writes are not in it"
 
 
 # --- verify --------------------------------------------------------------------------

@@ -312,3 +312,76 @@ def test_restore_whose_logins_are_all_refused_stops_at_once_and_names_the_cause(
     assert "refuses postgres's login as postgres: pg_hba.conf rejects connection" in \
         result.stderr
     assert "not promoted" not in result.stderr
+
+
+def stop_restored(pitr, directory: Path) -> None:
+    subprocess.run(_as_postgres([str(pitr.cluster.bindir / "pg_ctl"), "-D", str(directory),
+                                 "-m", "immediate", "stop"]), capture_output=True, timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def restored_rows(result) -> list[str]:
+    """The markers of the cluster a pitr-restore started, read as its output says to."""
+    connect = next(line for line in result.stdout.splitlines() if ": connect: " in line)
+    command = shlex.split(connect.split(": connect: ", 1)[1])
+    rows = subprocess.run([*command, "-X", "-At", "-c", "select n from markers order by n"],
+                          capture_output=True, text=True, timeout=60)
+    assert rows.returncode == 0, rows.stderr
+    return rows.stdout.split()
+
+
+def test_while_the_live_server_cannot_archive_status_warns_and_restores_still_go_ahead(
+        pitr, restored_dir, tmp_path):
+    pitr.sql("delete from markers where n >= 300; insert into markers values (300)")
+    # pgBackRest keeps a backup's end in whole seconds: a time in that second is refused.
+    ended = pitr.info()["backup"][-1]["timestamp"]["stop"]
+    target = wait_for(lambda: (lambda now: now if float(now) > ended + 1 else None)(
+        pitr.sql("select extract(epoch from clock_timestamp())").strip()), "a second to pass",
+        timeout=5)
+    target = f"{datetime.fromtimestamp(float(target), timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00"
+    segment = pitr.sql("insert into markers values (301);"
+                       " select pg_walfile_name(pg_switch_wal())").split()[-1]
+    wait_for(lambda: pitr.sql("select last_archived_wal >= '" + segment + "' from"
+                              " pg_stat_archiver").strip() == "t", "the archiver", timeout=60)
+    ours = pitr.sql("select current_setting('archive_command')").strip()
+    pitr.sql("alter system set archive_command = 'false'; select pg_reload_conf()")
+    latest_dir = pitr.cluster.root / "latest"  # reachable by the server's user
+    try:
+        pitr.sql("insert into markers values (302)")  # never archived
+        warned = wait_for(lambda: (lambda s: s if s["pitr"]["status"] == "WARN" else None)(
+            pitr.status()), "status to see the archive_command changed", timeout=30)
+        started = time.monotonic()
+        to_time = run_invoke("backup.pitr-restore", "dev", "--to", target, "--data-dir",
+                             str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                             timeout=100)
+        took = time.monotonic() - started
+        to_time_rows = restored_rows(to_time) if to_time.returncode == 0 else None
+        latest = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(latest_dir), "--port", str(SPARE_PORT - 1), env=pitr.environ,
+                            timeout=100)
+        latest_rows = restored_rows(latest) if latest.returncode == 0 else None
+        too_late = run_invoke("backup.pitr-restore", "dev", "--to", pitr.sql(
+            "select clock_timestamp()").strip(), "--data-dir", str(tmp_path / "late"),
+            "--port", str(SPARE_PORT - 2), env=pitr.environ, timeout=100)
+        line = run_invoke("backup.status", env=pitr.environ).stdout
+    finally:
+        pitr.sql(f"alter system set archive_command = $q${ours}$q$; select pg_reload_conf()")
+        stop_restored(pitr, latest_dir)
+
+    assert warned["status"] in ("WARN", "FAIL")  # FAIL: no logical backup, run alone
+    assert any("archive_command is not pgBackRest's" in w for w in warned["pitr"]["warnings"])
+    assert "archive_command is not pgBackRest's" in line
+    # The time is covered by what is archived: no waiting on the live server.
+    assert to_time.returncode == 0, to_time.stderr
+    assert took < 60 and "cannot archive" not in to_time.stdout
+    assert [n for n in to_time_rows if int(n) >= 300] == ["300"]
+    # latest: what is archived, and the output says up to when.
+    assert latest.returncode == 0, latest.stderr
+    assert "cannot archive" in latest.stdout
+    assert "restoring what is archived, up to 20" in latest.stdout
+    assert [n for n in latest_rows if int(n) >= 300] == ["300", "301"]
+    # A time after the newest archived commit cannot be reached: one line says why.
+    assert too_late.returncode == 1
+    assert len(too_late.stderr.strip().splitlines()) == 1, too_late.stderr
+    assert "is after the newest archived commit" in too_late.stderr
+    assert "cannot archive" in too_late.stderr

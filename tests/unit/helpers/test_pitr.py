@@ -131,6 +131,8 @@ def test_check_target_refuses_outside_the_window_and_says_the_window():
         pitr.check_target(start - timedelta(seconds=1), info, end)
     with pytest.raises(UserError, match="after the newest archived WAL: the window is"):
         pitr.check_target(end + timedelta(seconds=1), info, end)
+    with pytest.raises(UserError, match="after the newest archived WAL"):
+        pitr.check_target(end, info, end)  # recovery needs a commit after the time
 
 
 def test_check_target_without_any_base_backup_says_take_one():
@@ -302,3 +304,61 @@ def test_a_refused_login_is_told_apart_and_named(stderr, said):
 ])
 def test_a_cluster_still_starting_is_not_a_refusal(stderr):
     assert pitr.login_refused(stderr) is None
+
+
+def test_parse_info_keeps_the_archive_that_holds_the_newest_segment():
+    info = pitr.parse_info(INFO, "prod")
+    assert (info.archive_id, info.archive_max) == ("15-1", "000000010000000000000009")
+
+
+def test_segments_newest_first_leaves_out_what_is_not_a_segment():
+    names = ["000000010000000000000009-" + "a" * 40 + ".zst",
+             "00000001000000010000000A-" + "b" * 40 + ".zst",
+             "000000020000000000000009-" + "c" * 40,
+             "00000002.history", "000000010000000000000003.00000028.backup",
+             "00000001000000000000000B.partial-" + "d" * 40 + ".zst"]
+    assert pitr.segments_newest_first(names) == [
+        "00000001000000010000000A", "000000020000000000000009", "000000010000000000000009"]
+
+
+WALDUMP = """\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/05000060, prev 0/05000028, desc: COMMIT 2026-04-09 14:30:00.250000 UTC
+rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/05000088, prev 0/05000060, desc: ABORT 2026-04-09 14:31:02.000001 UTC
+rmgr: Transaction len (rec/tot):    130/   130, tx:          0, lsn: 0/050000B0, prev 0/05000088, desc: RUNNING_XACTS nextXid 737
+pg_waldump: error: error in WAL record at 0/50000B0: invalid record length at 0/5000138
+"""  # noqa: E501
+
+
+def test_last_commit_is_the_time_of_the_last_commit_or_abort_pg_waldump_shows():
+    assert pitr.last_commit(WALDUMP) == datetime(2026, 4, 9, 14, 31, 2, 1, tzinfo=UTC)
+    assert pitr.last_commit(WALDUMP.splitlines()[2]) is None
+
+
+def test_flush_state_says_archived_failed_or_still_waiting():
+    since = NOW - timedelta(seconds=5)
+    segment = "000000010000000000000009"
+    waiting = {"last_archived_wal": "000000010000000000000008", "last_failed": None,
+               "last_archived": (since - timedelta(minutes=1)).timestamp()}
+    assert pitr.flush_state(waiting, segment, since) is None
+    assert pitr.flush_state({**waiting, "last_archived_wal": segment}, segment, since) == \
+        "archived"
+    failed = {**waiting, "last_failed_wal": segment, "last_failed": NOW.timestamp()}
+    assert pitr.flush_state(failed, segment, since) == "failed"
+    # An older segment failing blocks ours: segments are archived in order.
+    assert pitr.flush_state({**failed, "last_failed_wal": "000000010000000000000007"},
+                            segment, since) == "failed"
+    # A failure before we asked, or one followed by a success, is not an answer yet.
+    assert pitr.flush_state({**failed, "last_failed": (since - timedelta(seconds=1))
+                             .timestamp()}, segment, since) is None
+    assert pitr.flush_state({**failed, "last_archived": NOW.timestamp() + 1}, segment,
+                            since) is None
+
+
+def test_the_note_of_a_restore_without_the_live_servers_wal_says_up_to_when():
+    said = pitr.unarchived_note("the live server is not reachable (refused)",
+                                datetime(2026, 4, 9, 14, 31, 2, tzinfo=UTC), "0000000100000009")
+    assert said == ("the live server is not reachable (refused): restoring what is archived,"
+                    " up to 2026-04-09T14:31:02Z (the newest archived commit); later writes"
+                    " are not in it")
+    assert "up to the end of WAL segment 0000000100000009" in pitr.unarchived_note(
+        "down", None, "0000000100000009")
