@@ -2025,7 +2025,7 @@ def pitr_restore_ready(c, env: str, to: str, action: str):
     except UserError as refused:
         prefix = "" if refused.message.startswith(action) else f"{action} refused: "
         raise UserError(prefix + refused.message) from None
-    return setup, target
+    return setup, target, info
 
 
 @task(name="pitr-restore",
@@ -2037,7 +2037,7 @@ def pitr_restore(c, env, to, data_dir, port):
 
     The live cluster is never touched."""
     action = f"pitr-restore {check_env(env)}"
-    setup, target = pitr_restore_ready(c, env, to, action)
+    setup, target, _ = pitr_restore_ready(c, env, to, action)
     directory = user_path(data_dir)
     started = time.monotonic()
     with os_errors_reported(action):
@@ -2058,23 +2058,19 @@ def pitr_drill(c, env):
     """Restore to a recent time into a scratch cluster, check every table, remove it."""
     action = f"pitr-drill {check_env(env)}"
     target_text = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    setup, target = pitr_restore_ready(c, env, target_text, action)
-    directory = Path(tempfile.mkdtemp(prefix=f"carabase-pitr-drill-{env}-"))
-    started = time.monotonic()
+    setup, target, info = pitr_restore_ready(c, env, target_text, action)
+    started, directory = time.monotonic(), None
     try:
         with os_errors_reported(action):
+            directory = drill_directory(setup, info)
             restored = restore_cluster(c, setup, target, directory, pitr.spare_port(), action)
-        live, why = live_tables(c, database(env))
-        counted, why_restored = table_counts(c, restored, RESTORED_COUNTS, setup.server.owner)
-        if live is None or counted is None:
-            problems = [f"cannot count tables: {why or why_restored}"]
-        else:
-            problems = pitr.drill_problems(live.estimates, counted[0])
+        problems = drill_checks(c, env, restored, setup.server.owner)
     except UserError as error:
         problems = [error.message]
     finally:
-        stop_cluster(c, setup.server, directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        if directory is not None:
+            stop_cluster(c, setup.server, directory)
+            shutil.rmtree(directory, ignore_errors=True)
     seconds = time.monotonic() - started
     result = "FAIL" if problems else "PASS"
     pitr.write_drill_record(env, result, target, datetime.now(timezone.utc), seconds, problems)
@@ -2082,6 +2078,27 @@ def pitr_drill(c, env):
     if problems:
         raise UserError(f"{line}: {'; '.join(problems)}")
     print(line)
+
+
+def drill_directory(setup: pitr.Setup, info: pitr.Info) -> Path:
+    """A new directory for the drill's cluster beside the repository (or in
+    CARABASE_PITR_DRILL_DIR), once there is room there for the newest base backup."""
+    parent = pitr.drill_parent(setup)
+    short = pitr.drill_room_problem(parent, shutil.disk_usage(parent).free, info)
+    if short:
+        raise UserError(short)
+    directory = Path(tempfile.mkdtemp(prefix=f"drill-{setup.env}-", dir=parent))
+    owned_dir(directory, setup.server.owner)
+    return directory
+
+
+def drill_checks(c, env: str, restored: Database, owner: str) -> list[str]:
+    """Every live table in the restored cluster, with rows where the live one has rows."""
+    live, why = live_tables(c, database(env))
+    counted, why_restored = table_counts(c, restored, RESTORED_COUNTS, owner)
+    if live is None or counted is None:
+        return [f"cannot count tables: {why or why_restored}"]
+    return pitr.drill_problems(live.estimates, counted[0])
 
 
 def verify_pitr(c, env: str, action: str) -> bool | None:

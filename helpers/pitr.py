@@ -238,6 +238,7 @@ class BaseBackup:
     type: str  # full, diff, incr
     started: datetime
     stopped: datetime
+    size: int = 0  # the database's size when it was taken (what a restore writes), bytes
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,8 @@ def parse_info(text: str, stanza: str) -> Info:
         raise ValueError(f"pgbackrest info says nothing of stanza {stanza}") from None
     backups = tuple(sorted(
         (BaseBackup(b["label"], b["type"], _epoch(b["timestamp"]["start"]),
-                    _epoch(b["timestamp"]["stop"])) for b in entry.get("backup", [])),
+                    _epoch(b["timestamp"]["stop"]), int((b.get("info") or {}).get("size") or 0))
+         for b in entry.get("backup", [])),
         key=lambda backup: backup.stopped))
     archives = [a for a in entry.get("archive", []) if a.get("max")]
     newest = max(archives, key=lambda a: a["max"][8:]) if archives else {}
@@ -500,6 +502,38 @@ def drill_problems(live: dict[tuple[str, str], float], restored: dict[tuple[str,
         elif estimate > 0 and restored[table] == 0:
             problems.append(f"{name} is empty (live: about {int(estimate)} rows)")
     return problems
+
+
+# Beyond the database's size, room for the WAL a drill replays and the server's own files.
+DRILL_MARGIN = 64 * 1024 * 1024
+
+
+def drill_parent(setup: Setup) -> Path:
+    """Where the PITR drill makes its cluster's directory: CARABASE_PITR_DRILL_DIR, else
+    the env's PITR directory (beside the repository: TMPDIR may be a small tmpfs)."""
+    configured = os.environ.get("CARABASE_PITR_DRILL_DIR", "").strip()
+    if not configured:
+        return setup.directory
+    chosen = Path(configured).expanduser()
+    if not chosen.is_absolute():
+        raise UserError(f"CARABASE_PITR_DRILL_DIR must be an absolute path, not {configured!r}")
+    return chosen
+
+
+def drill_room_problem(where: Path, free: int, info: Info) -> str | None:
+    """Why `where` is too small for a restore of the newest base backup (None: room
+    enough): its database's size, a tenth more and DRILL_MARGIN for replayed WAL."""
+    size = info.newest.size if info.newest else 0
+    needed = size + size // 10 + DRILL_MARGIN
+    if free >= needed:
+        return None
+    return (f"not enough room in {where} for the drill's cluster: {_mib(free)} free, the"
+            f" restore needs about {_mib(needed)} (the database was {_mib(size)}); free some"
+            " or set CARABASE_PITR_DRILL_DIR to a roomier directory")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
 
 
 def drill_record_path(env: str) -> Path:

@@ -260,16 +260,45 @@ def test_verify_catches_a_flipped_byte_in_a_wal_file_whatever_pgbackrest_exits_w
     assert f"OK {pitr.repo}" in intact.stdout
 
 
-def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr):
+def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr, tmp_path):
     pitr.sql("create table drilled (n int); insert into drilled values (1)")
+    # The drill restores beside the repository, never into TMPDIR (maybe a small tmpfs).
+    no_tmp = {**pitr.environ, "TMPDIR": str(tmp_path / "absent")}
 
-    result = run_invoke("backup.pitr-drill", "dev", env=pitr.environ, timeout=300)
+    result = run_invoke("backup.pitr-drill", "dev", env=no_tmp, timeout=300)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pitr-drill dev: PASS restored to ")
     assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
-    leftovers = list(Path("/tmp").glob("carabase-pitr-drill-dev-*"))
-    assert leftovers == []
+    assert list(pitr.directory.glob("drill-*")) == []
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.fixture
+def small_tmpfs(pitr):
+    """A 1 MiB tmpfs the server's user can write to (mounting needs root)."""
+    mount = pitr.cluster.root / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs",
+                       str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_drill_where_there_is_no_room_fails_at_once_in_one_line_and_records_it(
+        pitr, small_tmpfs):
+    short = {**pitr.environ, "CARABASE_PITR_DRILL_DIR": str(small_tmpfs)}
+
+    result = run_invoke("backup.pitr-drill", "dev", env=short, timeout=300)
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"not enough room in {small_tmpfs} for the drill's cluster: 1 MiB free" in \
+        result.stderr
+    assert "CARABASE_PITR_DRILL_DIR" in result.stderr
+    assert list(small_tmpfs.iterdir()) == []
+    assert pitr.status()["pitr"]["drill"]["result"] == "FAIL"
 
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server's user differs from the"

@@ -76,7 +76,8 @@ INFO = json.dumps([{
         {"label": "20260409-031700F_20260410-031700D", "type": "diff",
          "timestamp": {"start": 1775790000, "stop": 1775790010}},
         {"label": "20260409-031700F", "type": "full",
-         "timestamp": {"start": 1775703420, "stop": 1775703430}},
+         "timestamp": {"start": 1775703420, "stop": 1775703430},
+         "info": {"size": 300 * 2**20, "repository": {"size": 40 * 2**20}}},
     ]}])
 
 
@@ -362,3 +363,27 @@ def test_the_note_of_a_restore_without_the_live_servers_wal_says_up_to_when():
                     " are not in it")
     assert "up to the end of WAL segment 0000000100000009" in pitr.unarchived_note(
         "down", None, "0000000100000009")
+
+
+def test_the_drill_needs_room_for_the_newest_base_backups_database_and_its_wal(tmp_path):
+    info = pitr.parse_info(INFO, "prod")  # the newest (diff) says nothing of its size
+    full = pitr.parse_info(INFO.replace('"type": "diff"', '"type": "diff", "info": {"size":'
+                                        ' 314572800}'), "prod")
+    assert full.newest.size == 300 * 2**20
+    assert pitr.drill_room_problem(tmp_path, 395 * 2**20, full) is None
+    said = pitr.drill_room_problem(tmp_path, 100 * 2**20, full)
+    assert said == (f"not enough room in {tmp_path} for the drill's cluster: 100 MiB free, the"
+                    " restore needs about 394 MiB (the database was 300 MiB); free some or set"
+                    " CARABASE_PITR_DRILL_DIR to a roomier directory")
+    assert pitr.drill_room_problem(tmp_path, 63 * 2**20, info) is not None
+
+
+def test_the_drill_restores_beside_the_repository_or_where_the_setting_says(monkeypatch):
+    setup = pitr.Setup("prod", Path("/srv/pitr/prod"), SERVER)
+    monkeypatch.delenv("CARABASE_PITR_DRILL_DIR", raising=False)
+    assert pitr.drill_parent(setup) == Path("/srv/pitr/prod")
+    monkeypatch.setenv("CARABASE_PITR_DRILL_DIR", "/srv/scratch")
+    assert pitr.drill_parent(setup) == Path("/srv/scratch")
+    monkeypatch.setenv("CARABASE_PITR_DRILL_DIR", "scratch")
+    with pytest.raises(UserError, match="absolute"):
+        pitr.drill_parent(setup)
