@@ -1856,18 +1856,41 @@ def pitr_backup(c, env, type=None):
 
 
 def copy_pitr_offsite(c, setup: pitr.Setup, action: str) -> None:
-    """rclone sync of the repository to <offsite>/<env>/pitr (copy only, when
-    CARABASE_OFFSITE_PRUNE=0). WAL archived since lives only here until the next copy."""
+    """The repository to <offsite>/<env>/pitr: rclone sync, so that what pgBackRest
+    expired goes there too; copy only with CARABASE_OFFSITE_PRUNE=0, or when the remote
+    holds backups this repository has no record of (a repository lost and set up again
+    must not erase the older history off-site). WAL archived since lives only here until
+    the next copy."""
     dest = offsite.destination()
     if dest is None:
         return
     remote = offsite.join(dest.env_root(setup.env), "pitr")
-    verb = "sync" if offsite.prune_remote() else "copy"
-    result = run_rclone(c, rclone_program(c), verb, setup.repo, remote)
+    program = rclone_program(c)
+    unknown = unknown_remote_backups(c, program, setup, remote, action) \
+        if offsite.prune_remote() else []
+    if unknown:
+        print(f"{action}: {pitr.unknown_history_note(remote, unknown)}", flush=True)
+    verb = "sync" if offsite.prune_remote() and not unknown else "copy"
+    result = run_rclone(c, program, verb, setup.repo, remote)
     if not result.ok:
         raise UserError(f"{action}: the off-site copy of {setup.repo} failed:"
                         f" {rclone_failure(result)}")
     print(f"{action}: repository copied to {remote} (rclone {verb})")
+
+
+def unknown_remote_backups(c, program: Path, setup: pitr.Setup, remote: str,
+                           action: str) -> list[str]:
+    """The base backups in the remote copy that the local repository has no record of,
+    current or expired (backup.history)."""
+    listed = run_rclone(c, program, "lsf", "--dirs-only", offsite.join(remote, "backup",
+                                                                      setup.env))
+    if not listed.ok and listed.exited != 3:  # 3: no such directory yet, a first copy
+        raise UserError(f"{action}: cannot list {remote}: {rclone_failure(listed)}")
+    local = setup.repo / "backup" / setup.env
+    with os_errors_reported(action):
+        known = [path.name for path in local.glob("*")] + \
+            [path.name for path in local.glob("backup.history/*/*")]
+    return pitr.unknown_backups(listed.stdout.splitlines() if listed.ok else [], known)
 
 
 def flush_archive(c, db: Database, action: str) -> tuple[datetime | None, str]:

@@ -569,6 +569,34 @@ def nightly_type(newest_full: datetime | None, now: datetime) -> str:
     return "diff"
 
 
+# --- the off-site copy --------------------------------------------------------------
+
+# A base backup's folder in backup/<stanza>/: 20260409-031700F, or a diff/incr on it.
+BACKUP_LABEL = re.compile(r"^\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?$")
+
+
+def unknown_backups(remote_entries: list[str], local_entries: list[str]) -> list[str]:
+    """The base backups the off-site copy holds that the local repository has no record
+    of, oldest first. `remote_entries`: the remote's backup/<stanza>/ folder names;
+    `local_entries`: the local one's, and the names in its backup.history/<year>/
+    (pgBackRest keeps there a manifest of every backup, expired or not, as
+    <label>.manifest.gz). A backup expired here is recorded: its remote copy may go."""
+    def labels(entries):
+        names = (entry.rstrip("/").removesuffix(".manifest.gz") for entry in entries)
+        return {name for name in names if BACKUP_LABEL.match(name)}
+
+    return sorted(labels(remote_entries) - labels(local_entries))
+
+
+def unknown_history_note(remote: str, unknown: list[str]) -> str:
+    """What the off-site copy says when the remote holds backups unknown here (the local
+    repository was lost and set up again, or another machine writes there)."""
+    return (f"{remote} holds {len(unknown)} base backup(s) this repository has no record of"
+            f" ({unknown[0]}{' to ' + unknown[-1] if len(unknown) > 1 else ''}): copying"
+            " only, deleting nothing there; remove that history by hand once it is not"
+            " needed")
+
+
 # --- the restored cluster ----------------------------------------------------------
 
 

@@ -414,3 +414,45 @@ def test_while_the_live_server_cannot_archive_status_warns_and_restores_still_go
     assert len(too_late.stderr.strip().splitlines()) == 1, too_late.stderr
     assert "is after the newest archived commit" in too_late.stderr
     assert "cannot archive" in too_late.stderr
+
+
+def test_offsite_copy_keeps_history_this_repository_has_no_record_of_and_prunes_what_it_expired(
+        pitr, tmp_path):
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    environ = {**pitr.environ, "CARABASE_OFFSITE": str(offsite)}
+    copy = offsite / "dev" / "pitr"
+    first = run_invoke("backup.pitr-backup", "dev", "--type", "full", env=environ, timeout=300)
+    assert first.returncode == 0, first.stderr
+    # What a repository lost since left off-site: a base backup and WAL this one never had.
+    older = copy / "backup" / "dev" / "20200101-000000F"
+    older.mkdir()
+    (older / "backup.manifest").write_text("older history")
+    archive = next(copy.glob("archive/dev/*-*"))
+    older_wal = archive / "0000000200000000" / f"000000020000000000000001-{'0' * 40}.zst"
+    older_wal.parent.mkdir()
+    older_wal.write_bytes(b"older history")
+
+    kept = run_invoke("backup.pitr-backup", "dev", "--type", "incr", env=environ, timeout=300)
+
+    assert kept.returncode == 0, kept.stderr
+    assert (older / "backup.manifest").read_text() == "older history"
+    assert older_wal.read_bytes() == b"older history"
+    assert "holds 1 base backup(s) this repository has no record of (20200101-000000F):" \
+        " copying only, deleting nothing there" in kept.stdout
+    assert "(rclone copy)" in kept.stdout
+
+    # The same history: what pgBackRest expired here is removed off-site too.
+    shutil.rmtree(older)
+    expired = pitr.info()["backup"][0]["label"]
+    subprocess.run(_as_postgres(["pgbackrest", f"--config={pitr.config}", "--stanza=dev",
+                                 "expire", f"--set={expired}"]), check=True,
+                   capture_output=True, timeout=120)
+    assert (copy / "backup" / "dev" / expired).is_dir()
+
+    pruned = run_invoke("backup.pitr-backup", "dev", "--type", "incr", env=environ, timeout=300)
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert "(rclone sync)" in pruned.stdout and "no record of" not in pruned.stdout
+    assert not (copy / "backup" / "dev" / expired).exists()
+    assert not older_wal.exists()

@@ -387,3 +387,22 @@ def test_the_drill_restores_beside_the_repository_or_where_the_setting_says(monk
     monkeypatch.setenv("CARABASE_PITR_DRILL_DIR", "scratch")
     with pytest.raises(UserError, match="absolute"):
         pitr.drill_parent(setup)
+
+
+def test_unknown_backups_are_the_remotes_labels_with_no_record_here_current_or_expired():
+    remote = ["20200101-000000F/", "20200101-000000F_20200102-000000D/", "20260409-031700F/",
+              "20260401-031700F/", "backup.history/"]
+    local = ["20260409-031700F", "backup.info", "backup.info.copy", "backup.history",
+             "20260401-031700F.manifest.gz"]  # expired here: in backup.history only
+    assert pitr.unknown_backups(remote, local) == [
+        "20200101-000000F", "20200101-000000F_20200102-000000D"]
+    assert pitr.unknown_backups(remote[2:], local) == []
+    assert pitr.unknown_backups([], local) == []
+
+
+def test_the_note_of_a_copy_only_says_what_and_why():
+    said = pitr.unknown_history_note("b2:bucket/dev/pitr", ["20200101-000000F",
+                                                            "20200108-000000F"])
+    assert said == ("b2:bucket/dev/pitr holds 2 base backup(s) this repository has no record"
+                    " of (20200101-000000F to 20200108-000000F): copying only, deleting nothing"
+                    " there; remove that history by hand once it is not needed")
