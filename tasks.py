@@ -1926,13 +1926,17 @@ def archived_commit(c, setup: pitr.Setup, info: pitr.Info) -> datetime | None:
     waldump = setup.server.bindir / "pg_waldump"
     if info.archive_id is None or not waldump.exists():
         return None
-    names = pitr.segments_newest_first([p.name for p in folder.glob("*/*")])
-    scratch = Path(tempfile.mkdtemp(prefix="wal-", dir=setup.directory / "spool"))
+    try:
+        names = pitr.segments_newest_first([p.name for p in folder.glob("*/*")])
+        scratch = Path(tempfile.mkdtemp(prefix="wal-", dir=setup.directory / "spool"))
+    except OSError:
+        return None
     try:
         owned_dir(scratch, setup.server.owner)
         for name in names[:pitr.SEGMENTS_READ]:
-            got = run_pgbackrest(c, setup, "archive-get", name, scratch / name,
-                                 action="archive-get", check=False)
+            # Not async: that would prefetch the segments after this one into the spool.
+            got = run_pgbackrest(c, setup, "--no-archive-async", "archive-get", name,
+                                 scratch / name, action="archive-get", check=False)
             read = c.run(quoted(waldump, "--rmgr=Transaction", scratch / name),
                          env={"TZ": "UTC"}, hide=True, warn=True, in_stream=False) \
                 if got.ok else None

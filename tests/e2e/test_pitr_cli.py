@@ -260,20 +260,6 @@ def test_verify_catches_a_flipped_byte_in_a_wal_file_whatever_pgbackrest_exits_w
     assert f"OK {pitr.repo}" in intact.stdout
 
 
-def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr, tmp_path):
-    pitr.sql("create table drilled (n int); insert into drilled values (1)")
-    # The drill restores beside the repository, never into TMPDIR (maybe a small tmpfs).
-    no_tmp = {**pitr.environ, "TMPDIR": str(tmp_path / "absent")}
-
-    result = run_invoke("backup.pitr-drill", "dev", env=no_tmp, timeout=300)
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("pitr-drill dev: PASS restored to ")
-    assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
-    assert list(pitr.directory.glob("drill-*")) == []
-    assert not (tmp_path / "absent").exists()
-
-
 @pytest.fixture
 def small_tmpfs(pitr):
     """A 1 MiB tmpfs the server's user can write to (mounting needs root)."""
@@ -284,6 +270,21 @@ def small_tmpfs(pitr):
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", str(mount)], capture_output=True)
+    mount.rmdir()
+
+
+def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr, small_tmpfs):
+    pitr.sql("create table drilled (n int); insert into drilled values (1)")
+    # The drill restores beside the repository, never into TMPDIR: a small tmpfs here.
+    small_tmp = {**pitr.environ, "TMPDIR": str(small_tmpfs)}
+
+    result = run_invoke("backup.pitr-drill", "dev", env=small_tmp, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pitr-drill dev: PASS restored to ")
+    assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
+    assert list(pitr.directory.glob("drill-*")) == []
+    assert list(small_tmpfs.iterdir()) == []
 
 
 def test_drill_where_there_is_no_room_fails_at_once_in_one_line_and_records_it(
