@@ -142,9 +142,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"PYTHONPATH": pythonpath, **(extra or {})}
 
 
-def psql_command(db: Database, *args: str) -> str:
+def psql_words(db: Database, *args: str) -> tuple[str, ...]:
     """psql that ignores ~/.psqlrc and stops at the first error."""
-    return quoted("psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--dbname", db.uri, *args)
+    return ("psql", "-X", "--quiet", "--set", "ON_ERROR_STOP=on", "--dbname", db.uri, *args)
+
+
+def psql_command(db: Database, *args: str) -> str:
+    return quoted(*psql_words(db, *args))
 
 
 def compressor() -> str:
@@ -1595,11 +1599,12 @@ RESTORED_COUNTS = f"""
     {USER_TABLES}"""
 
 
-def table_counts(c, db: Database, query: str):
-    """Run one of the queries above: ({(schema, table): rows}, large objects), or the
-    one line saying why it failed."""
-    result = c.run(psql_command(db, "-At", "-c", query), env=db.child_env(), hide=True,
-                   warn=True, in_stream=False)
+def table_counts(c, db: Database, query: str, owner: str | None = None):
+    """Run one of the queries above (as OS user `owner` when given): ({(schema, table):
+    rows}, large objects), or the one line saying why it failed."""
+    words = psql_words(db, "-At", "-c", query)
+    result = c.run(as_owner(owner, *words) if owner else quoted(*words), env=db.child_env(),
+                   hide=True, warn=True, in_stream=False)
     if not result.ok:
         return None, failure(result, db)
     try:
@@ -1699,10 +1704,14 @@ PITR_ARCHIVER_QUERY = """
       'last_archived', extract(epoch from last_archived_time),
       'last_archived_wal', last_archived_wal,
       'last_failed', extract(epoch from last_failed_time),
+      'last_failed_wal', last_failed_wal,
       'failed_count', failed_count,
       'ready', (select count(*) from pg_ls_archive_statusdir() where name like '%.ready'),
       'oldest_ready', (select extract(epoch from min(modification))
-                       from pg_ls_archive_statusdir() where name like '%.ready'))
+                       from pg_ls_archive_statusdir() where name like '%.ready'),
+      'archive_mode', current_setting('archive_mode'),
+      'archive_command', current_setting('archive_command'),
+      'archive_library', coalesce(current_setting('archive_library', true), ''))
     from pg_stat_archiver"""
 
 
@@ -1942,39 +1951,119 @@ def pitr_backup(c, env, type=None):
 
 
 def copy_pitr_offsite(c, setup: pitr.Setup, action: str) -> None:
-    """rclone sync of the repository to <offsite>/<env>/pitr (copy only, when
-    CARABASE_OFFSITE_PRUNE=0). WAL archived since lives only here until the next copy."""
+    """The repository to <offsite>/<env>/pitr: rclone sync, so that what pgBackRest
+    expired goes there too; copy only with CARABASE_OFFSITE_PRUNE=0, or when the remote
+    holds backups this repository has no record of (a repository lost and set up again
+    must not erase the older history off-site). WAL archived since lives only here until
+    the next copy."""
     dest = offsite.destination()
     if dest is None:
         return
     remote = offsite.join(dest.env_root(setup.env), "pitr")
-    verb = "sync" if offsite.prune_remote() else "copy"
-    result = run_rclone(c, rclone_program(c), verb, setup.repo, remote)
+    program = rclone_program(c)
+    unknown = unknown_remote_backups(c, program, setup, remote, action) \
+        if offsite.prune_remote() else []
+    if unknown:
+        print(f"{action}: {pitr.unknown_history_note(remote, unknown)}", flush=True)
+    verb = "sync" if offsite.prune_remote() and not unknown else "copy"
+    result = run_rclone(c, program, verb, setup.repo, remote)
     if not result.ok:
         raise UserError(f"{action}: the off-site copy of {setup.repo} failed:"
                         f" {rclone_failure(result)}")
     print(f"{action}: repository copied to {remote} (rclone {verb})")
 
 
-def flush_archive(c, db: Database, action: str, timeout: float = 120) -> datetime | None:
-    """Make the live server archive everything up to now: a commit (recovery stops at
-    commits), a WAL switch, then wait until it is archived. The time archived up to, or
-    None when the server cannot be reached (the window's end is then unknown)."""
+def unknown_remote_backups(c, program: Path, setup: pitr.Setup, remote: str,
+                           action: str) -> list[str]:
+    """The base backups in the remote copy that the local repository has no record of,
+    current or expired (backup.history)."""
+    listed = run_rclone(c, program, "lsf", "--dirs-only", offsite.join(remote, "backup",
+                                                                      setup.env))
+    if not listed.ok and listed.exited != 3:  # 3: no such directory yet, a first copy
+        raise UserError(f"{action}: cannot list {remote}: {rclone_failure(listed)}")
+    local = setup.repo / "backup" / setup.env
+    with os_errors_reported(action):
+        known = [path.name for path in local.glob("*")] + \
+            [path.name for path in local.glob("backup.history/*/*")]
+    return pitr.unknown_backups(listed.stdout.splitlines() if listed.ok else [], known)
+
+
+def flush_archive(c, db: Database, action: str) -> tuple[datetime | None, str]:
+    """Ask the live server to archive everything up to now: a commit (recovery stops at
+    commits), a WAL switch, then wait briefly until it is archived. The time archived up
+    to, or None and why not (down, or its archiving failing: perhaps why we restore)."""
+    now = datetime.now(timezone.utc)  # before the commit: the commit comes after it
     switched = run_sql(c, db, "select txid_current();"
                        " select pg_walfile_name(pg_switch_wal())")
     if not switched.ok:
-        print(f"{action}: the live server is not reachable ({failure(switched, db)}): the"
-              " newest archived WAL is unknown", file=sys.stderr)
-        return None
-    now, segment = datetime.now(timezone.utc), switched.stdout.split()[-1]
-    deadline = time.monotonic() + timeout
+        return None, f"the live server is not reachable ({failure(switched, db)})"
+    segment = switched.stdout.split()[-1]
+    deadline = time.monotonic() + pitr.FLUSH_WAIT
     while time.monotonic() < deadline:
-        state = pitr_json(c, db, PITR_ARCHIVER_QUERY, action)
-        if (state["last_archived_wal"] or "")[8:] >= segment[8:]:
-            return now
+        try:
+            state = pitr.flush_state(pitr_json(c, db, PITR_ARCHIVER_QUERY, action), segment,
+                                     now)
+        except UserError as error:
+            return None, error.message
+        if state == "archived":
+            return now, ""
+        if state == "failed":
+            return None, (f"the live server cannot archive {segment} (its archive_command"
+                          " fails: see its log)")
         time.sleep(0.2)
-    raise UserError(f"{action}: the live server has not archived {segment} after"
-                    f" {timeout:.0f}s: check invoke backup.status and the server's log")
+    return None, f"the live server has not archived {segment} after {pitr.FLUSH_WAIT}s"
+
+
+def archived_commit(c, setup: pitr.Setup, info: pitr.Info) -> datetime | None:
+    """When the newest commit in the repository's WAL was (None: cannot tell): the newest
+    segments, newest first, fetched with archive-get and read by pg_waldump."""
+    folder = setup.repo / "archive" / setup.env / (info.archive_id or "")
+    waldump = setup.server.bindir / "pg_waldump"
+    if info.archive_id is None or not waldump.exists():
+        return None
+    try:
+        names = pitr.segments_newest_first([p.name for p in folder.glob("*/*")])
+        scratch = Path(tempfile.mkdtemp(prefix="wal-", dir=setup.directory / "spool"))
+    except OSError:
+        return None
+    try:
+        owned_dir(scratch, setup.server.owner)
+        for name in names[:pitr.SEGMENTS_READ]:
+            # Not async: that would prefetch the segments after this one into the spool.
+            got = run_pgbackrest(c, setup, "--no-archive-async", "archive-get", name,
+                                 scratch / name, action="archive-get", check=False)
+            read = c.run(quoted(waldump, "--rmgr=Transaction", scratch / name),
+                         env={"TZ": "UTC"}, hide=True, warn=True, in_stream=False) \
+                if got.ok else None
+            newest = pitr.last_commit(read.stdout) if read else None
+            if newest is not None:
+                return newest
+        return None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def archived_reach(c, setup: pitr.Setup, info: pitr.Info, target: datetime | None,
+                   action: str) -> datetime | None:
+    """How far the archive reaches for this restore (None: unknown). A time the archive
+    covers already needs nothing of the live server; else it is asked to archive what it
+    has. When it cannot, `latest` goes ahead with what is archived, saying up to when,
+    and a time past the newest archived commit is refused, saying why."""
+    newest = archived_commit(c, setup, info) if target is not None else None
+    if newest is not None and target < newest:
+        return newest
+    flushed, why_not = flush_archive(c, database(setup.env), action)
+    if flushed is not None:
+        return flushed
+    if target is not None:
+        if newest is not None:
+            raise UserError(f"--to {pitr.utc_text(target)} is after the newest archived"
+                            f" commit, {pitr.utc_text(newest)}, and {why_not}: choose an"
+                            " earlier time, or --to latest")
+        return None  # unknown: recovery itself finds out
+    note = pitr.unarchived_note(why_not, archived_commit(c, setup, info), info.archive_max)
+    print(f"{action}: {note}", flush=True)
+    return None
 
 
 def empty_restore_dir(path: Path, owner: str, action: str) -> None:
@@ -2013,16 +2102,27 @@ def restore_cluster(c, setup: pitr.Setup, target: datetime | None, directory: Pa
                         f" {directory / 'startup.log'}); {directory} is left for inspection")
     restored = parse_database_url(pitr.cluster_url(server, port, database(setup.env).name),
                                   "the restored cluster")
-    wait_promoted(c, restored, directory, action)
+    wait_promoted(c, server, restored, directory, action)
     return restored
 
 
-def wait_promoted(c, db: Database, directory: Path, action: str, timeout: float = 600) -> None:
+def wait_promoted(c, server: pitr.Server, db: Database, directory: Path, action: str,
+                  timeout: float = 600) -> None:
+    """Until the restored cluster is out of recovery. Asked as the data directory's owner
+    over the socket, as pgBackRest asks the live server: the invoking user may be refused
+    (root, under Debian's peer rules); a refused login ends the wait at once."""
     deadline = time.monotonic() + timeout
+    ask = as_owner(server.owner, *psql_words(db.on_database("postgres"), "-At", "-c",
+                                             "select pg_is_in_recovery()"))
     while time.monotonic() < deadline:
-        result = run_sql(c, db.on_database("postgres"), "select pg_is_in_recovery()")
+        result = c.run(ask, env=db.child_env(), hide=True, warn=True, in_stream=False)
         if result.ok and result.stdout.strip() == "f":
             return
+        refused = pitr.login_refused(result.stderr)
+        if refused:
+            raise UserError(f"{action}: the restored cluster in {directory} refuses"
+                            f" {server.owner}'s login as {server.role}: {refused} (its"
+                            " pg_hba.conf is the live server's; the cluster is left running)")
         time.sleep(0.2)
     raise UserError(f"{action}: the restored cluster in {directory} was not promoted after"
                     f" {timeout:.0f}s (see {directory / 'startup.log'})")
@@ -2041,12 +2141,13 @@ def pitr_restore_ready(c, env: str, to: str, action: str):
     check_key(setup, key, action)
     try:
         target = pitr.parse_target(to)
-        archived_until = flush_archive(c, database(env), action)
-        pitr.check_target(target, read_info(c, setup, action), archived_until)
+        info = read_info(c, setup, action)
+        pitr.check_target(target, info, archived_reach(c, setup, info, target, action)
+                          if info.oldest else None)
     except UserError as refused:
         prefix = "" if refused.message.startswith(action) else f"{action} refused: "
         raise UserError(prefix + refused.message) from None
-    return setup, target
+    return setup, target, info
 
 
 @task(name="pitr-restore",
@@ -2058,16 +2159,18 @@ def pitr_restore(c, env, to, data_dir, port):
 
     The live cluster is never touched."""
     action = f"pitr-restore {check_env(env)}"
-    setup, target = pitr_restore_ready(c, env, to, action)
+    setup, target, _ = pitr_restore_ready(c, env, to, action)
     directory = user_path(data_dir)
     started = time.monotonic()
     with os_errors_reported(action):
         restored = restore_cluster(c, setup, target, directory, pitr.check_port(port), action)
     print(f"{action}: restored to {pitr.utc_text(target) if target else 'latest'} in"
           f" {time.monotonic() - started:.1f}s: {directory} runs on port {port}")
-    print(f"{action}: connect: psql '{restored.uri}'")
-    stop = as_owner(setup.server.owner, setup.server.bindir / "pg_ctl", "-D", directory, "stop")
-    print(f"{action}: to take data from it: pg_dump '{restored.uri}' ...; to stop it: {stop}")
+    owner = setup.server.owner  # its login rules are the live server's: as its owner
+    print(f"{action}: connect: {as_owner(owner, 'psql', restored.uri)}")
+    stop = as_owner(owner, setup.server.bindir / "pg_ctl", "-D", directory, "stop")
+    print(f"{action}: to take data from it: {as_owner(owner, 'pg_dump', restored.uri)} ...;"
+          f" to stop it: {stop}")
     print(f"{action}: to switch to it, stop the live server and start this one on its port"
           " (its archiving is off: run pitr-setup again for it)")
 
@@ -2077,23 +2180,19 @@ def pitr_drill(c, env):
     """Restore to a recent time into a scratch cluster, check every table, remove it."""
     action = f"pitr-drill {check_env(env)}"
     target_text = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    setup, target = pitr_restore_ready(c, env, target_text, action)
-    directory = Path(tempfile.mkdtemp(prefix=f"carabase-pitr-drill-{env}-"))
-    started = time.monotonic()
+    setup, target, info = pitr_restore_ready(c, env, target_text, action)
+    started, directory = time.monotonic(), None
     try:
         with os_errors_reported(action):
+            directory = drill_directory(setup, info)
             restored = restore_cluster(c, setup, target, directory, pitr.spare_port(), action)
-        live, why = live_tables(c, database(env))
-        counted, why_restored = table_counts(c, restored, RESTORED_COUNTS)
-        if live is None or counted is None:
-            problems = [f"cannot count tables: {why or why_restored}"]
-        else:
-            problems = pitr.drill_problems(live.estimates, counted[0])
+        problems = drill_checks(c, env, restored, setup.server.owner)
     except UserError as error:
         problems = [error.message]
     finally:
-        stop_cluster(c, setup.server, directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        if directory is not None:
+            stop_cluster(c, setup.server, directory)
+            shutil.rmtree(directory, ignore_errors=True)
     seconds = time.monotonic() - started
     result = "FAIL" if problems else "PASS"
     pitr.write_drill_record(env, result, target, datetime.now(timezone.utc), seconds, problems)
@@ -2101,6 +2200,27 @@ def pitr_drill(c, env):
     if problems:
         raise UserError(f"{line}: {'; '.join(problems)}")
     print(line)
+
+
+def drill_directory(setup: pitr.Setup, info: pitr.Info) -> Path:
+    """A new directory for the drill's cluster beside the repository (or in
+    CARABASE_PITR_DRILL_DIR), once there is room there for the newest base backup."""
+    parent = pitr.drill_parent(setup)
+    short = pitr.drill_room_problem(parent, shutil.disk_usage(parent).free, info)
+    if short:
+        raise UserError(short)
+    directory = Path(tempfile.mkdtemp(prefix=f"drill-{setup.env}-", dir=parent))
+    owned_dir(directory, setup.server.owner)
+    return directory
+
+
+def drill_checks(c, env: str, restored: Database, owner: str) -> list[str]:
+    """Every live table in the restored cluster, with rows where the live one has rows."""
+    live, why = live_tables(c, database(env))
+    counted, why_restored = table_counts(c, restored, RESTORED_COUNTS, owner)
+    if live is None or counted is None:
+        return [f"cannot count tables: {why or why_restored}"]
+    return pitr.drill_problems(live.estimates, counted[0])
 
 
 def verify_pitr(c, env: str, action: str) -> bool | None:
@@ -2134,7 +2254,7 @@ def pitr_facts(c, env: str, setup: pitr.Setup) -> pitr.Facts:
         problems.append(f"PITR: {error.message}")
         state = {}
     return pitr.facts_from(newest.stopped if newest else None, state, pitr.last_drill(env),
-                           problems)
+                           problems, pitr.archive_command(setup))
 
 
 def with_pitr(c, report, now: datetime):

@@ -238,6 +238,7 @@ class BaseBackup:
     type: str  # full, diff, incr
     started: datetime
     stopped: datetime
+    size: int = 0  # the database's size when it was taken (what a restore writes), bytes
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ class Info:
     message: str
     backups: tuple[BaseBackup, ...]
     archive_max: str | None  # newest WAL segment in the repository
+    archive_id: str | None = None  # the archive holding it: archive/<stanza>/<id>/
 
     @property
     def oldest(self) -> BaseBackup | None:
@@ -266,12 +268,14 @@ def parse_info(text: str, stanza: str) -> Info:
         raise ValueError(f"pgbackrest info says nothing of stanza {stanza}") from None
     backups = tuple(sorted(
         (BaseBackup(b["label"], b["type"], _epoch(b["timestamp"]["start"]),
-                    _epoch(b["timestamp"]["stop"])) for b in entry.get("backup", [])),
+                    _epoch(b["timestamp"]["stop"]), int((b.get("info") or {}).get("size") or 0))
+         for b in entry.get("backup", [])),
         key=lambda backup: backup.stopped))
-    maxima = [a.get("max") for a in entry.get("archive", []) if a.get("max")]
+    archives = [a for a in entry.get("archive", []) if a.get("max")]
+    newest = max(archives, key=lambda a: a["max"][8:]) if archives else {}
     status = entry.get("status", {})
     return Info(status.get("code", -1), status.get("message", ""), backups,
-                max(maxima, key=lambda name: name[8:]) if maxima else None)
+                newest.get("max"), newest.get("id"))
 
 
 def _epoch(seconds: int) -> datetime:
@@ -323,7 +327,9 @@ def utc_text(stamp: datetime | None) -> str | None:
 
 def check_target(target: datetime | None, info: Info, archived_until: datetime | None) -> None:
     """Refuse up front a time the repository cannot reach: before the end of the oldest
-    base backup, or after the newest archived WAL (`archived_until`, None when unknown)."""
+    base backup, or not before the newest archived commit (`archived_until`, None when
+    unknown): recovery stops at the first commit after the time, and without one it ends
+    in error."""
     oldest = info.oldest
     if oldest is None:
         raise UserError("no base backup in the repository yet: run invoke backup.pitr-backup"
@@ -335,8 +341,55 @@ def check_target(target: datetime | None, info: Info, archived_until: datetime |
     if target < oldest.stopped:
         raise UserError(f"--to {utc_text(target)} is before the oldest base backup ended:"
                         f" {window}")
-    if archived_until is not None and target > archived_until:
+    if archived_until is not None and target >= archived_until:
         raise UserError(f"--to {utc_text(target)} is after the newest archived WAL: {window}")
+
+
+# How long a restore waits for the live server to archive its current WAL: healthy, it
+# takes a fraction of a second; a server that cannot must not hold up the restore.
+FLUSH_WAIT = 30
+# How many of the newest archived segments are read for the newest commit: one with no
+# commit is rare (a switch right after another); a handful more is plenty.
+SEGMENTS_READ = 4
+SEGMENT_FILE = re.compile(r"^([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
+# pg_waldump's Transaction records, run with TZ=UTC: "desc: COMMIT 2026-04-09 14:30:00.123456 UTC"
+WALDUMP_END = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
+                         r" UTC\b")
+
+
+def segments_newest_first(file_names: list[str]) -> list[str]:
+    """The WAL segments of an archive folder's files (`<segment>-<sha1>[.zst]`), newest
+    first; .history, .backup and .partial files are not segments."""
+    names = {match.group(1) for match in map(SEGMENT_FILE.match, file_names) if match}
+    return sorted(names, key=lambda name: (name[8:], name[:8]), reverse=True)
+
+
+def last_commit(waldump_output: str) -> datetime | None:
+    """When the last commit (or abort) in pg_waldump's output was: a recovery to a time
+    can stop only at such a record."""
+    found = WALDUMP_END.findall(waldump_output)
+    return datetime.fromisoformat(found[-1]).replace(tzinfo=timezone.utc) if found else None
+
+
+def flush_state(state: dict, segment: str, since: datetime) -> str | None:
+    """From PITR_ARCHIVER_QUERY's answer: "archived" once `segment` (or a later one) is,
+    "failed" once an attempt since `since` failed with no success after it (an older
+    segment failing blocks ours: segments are archived in order), else None."""
+    if (state.get("last_archived_wal") or "")[8:] >= segment[8:]:
+        return "archived"
+    failed, archived = state.get("last_failed"), state.get("last_archived")
+    if failed is not None and _epoch(float(failed)) >= since and \
+            (archived is None or float(failed) > float(archived)):
+        return "failed"
+    return None
+
+
+def unarchived_note(why: str, newest_commit: datetime | None, segment: str | None) -> str:
+    """What a restore to `latest` says when the live server could not archive its current
+    WAL: it goes ahead with what the repository holds, and says up to when."""
+    reach = (f"up to {utc_text(newest_commit)} (the newest archived commit)" if newest_commit
+             else f"up to the end of WAL segment {segment} (its last commit's time unknown)")
+    return f"{why}: restoring what is archived, {reach}; later writes are not in it"
 
 
 # --- verify --------------------------------------------------------------------------
@@ -369,6 +422,12 @@ class Facts:
     oldest_ready: datetime | None  # when the oldest of them was written
     drill: dict | None = None
     problems: tuple[str, ...] = ()  # what could not be read
+    # The server's archiving settings now, and the archive_command pitr-setup set: someone
+    # may have edited postgresql.conf since (None: not read).
+    archive_mode: str | None = None
+    archive_command: str | None = None
+    archive_library: str | None = None
+    expected_command: str | None = None
 
 
 def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
@@ -387,6 +446,7 @@ def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
                                           or facts.last_failed > facts.last_archived):
         warnings.append(f"PITR: archiving is failing (last failure {utc_text(facts.last_failed)};"
                         f" see the server's log)")
+    warnings += settings_warnings(facts)
     drill = facts.drill
     if drill is not None and drill.get("result") != "PASS":
         warnings.append(f"PITR: last drill {drill.get('result')}")
@@ -399,8 +459,26 @@ def judge(facts: Facts, now: datetime) -> tuple[str, dict, list[str]]:
         "last_failed": utc_text(facts.last_failed),
         "drill": drill,
         "warnings": warnings,
+        "status": "WARN" if warnings else "PASS",
     }
-    return ("WARN" if warnings else "PASS"), data, warnings
+    return data["status"], data, warnings
+
+
+def settings_warnings(facts: Facts) -> list[str]:
+    """The server no longer archives into the repository: archive_mode off, or an
+    archive_command (or archive_library, which wins over it) that is not pitr-setup's."""
+    hint = "run invoke backup.pitr-setup again"
+    found = []
+    if facts.archive_mode == "off":
+        found.append(f"PITR: archive_mode is off: nothing is archived ({hint} --restart)")
+    if facts.archive_library:
+        found.append(f"PITR: archive_library is set ({facts.archive_library}): WAL goes there,"
+                     f" not to pgBackRest ({hint})")
+    elif facts.expected_command is not None and facts.archive_command is not None \
+            and facts.archive_command != facts.expected_command:
+        found.append(f"PITR: archive_command is not pgBackRest's for this env any more"
+                     f" ({facts.archive_command!r}): {hint}")
+    return found
 
 
 def status_part(data: dict) -> str:
@@ -424,6 +502,38 @@ def drill_problems(live: dict[tuple[str, str], float], restored: dict[tuple[str,
         elif estimate > 0 and restored[table] == 0:
             problems.append(f"{name} is empty (live: about {int(estimate)} rows)")
     return problems
+
+
+# Beyond the database's size, room for the WAL a drill replays and the server's own files.
+DRILL_MARGIN = 64 * 1024 * 1024
+
+
+def drill_parent(setup: Setup) -> Path:
+    """Where the PITR drill makes its cluster's directory: CARABASE_PITR_DRILL_DIR, else
+    the env's PITR directory (beside the repository: TMPDIR may be a small tmpfs)."""
+    configured = os.environ.get("CARABASE_PITR_DRILL_DIR", "").strip()
+    if not configured:
+        return setup.directory
+    chosen = Path(configured).expanduser()
+    if not chosen.is_absolute():
+        raise UserError(f"CARABASE_PITR_DRILL_DIR must be an absolute path, not {configured!r}")
+    return chosen
+
+
+def drill_room_problem(where: Path, free: int, info: Info) -> str | None:
+    """Why `where` is too small for a restore of the newest base backup (None: room
+    enough): its database's size, a tenth more and DRILL_MARGIN for replayed WAL."""
+    size = info.newest.size if info.newest else 0
+    needed = size + size // 10 + DRILL_MARGIN
+    if free >= needed:
+        return None
+    return (f"not enough room in {where} for the drill's cluster: {_mib(free)} free, the"
+            f" restore needs about {_mib(needed)} (the database was {_mib(size)}); free some"
+            " or set CARABASE_PITR_DRILL_DIR to a roomier directory")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
 
 
 def drill_record_path(env: str) -> Path:
@@ -459,6 +569,34 @@ def nightly_type(newest_full: datetime | None, now: datetime) -> str:
     return "diff"
 
 
+# --- the off-site copy --------------------------------------------------------------
+
+# A base backup's folder in backup/<stanza>/: 20260409-031700F, or a diff/incr on it.
+BACKUP_LABEL = re.compile(r"^\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?$")
+
+
+def unknown_backups(remote_entries: list[str], local_entries: list[str]) -> list[str]:
+    """The base backups the off-site copy holds that the local repository has no record
+    of, oldest first. `remote_entries`: the remote's backup/<stanza>/ folder names;
+    `local_entries`: the local one's, and the names in its backup.history/<year>/
+    (pgBackRest keeps there a manifest of every backup, expired or not, as
+    <label>.manifest.gz). A backup expired here is recorded: its remote copy may go."""
+    def labels(entries):
+        names = (entry.rstrip("/").removesuffix(".manifest.gz") for entry in entries)
+        return {name for name in names if BACKUP_LABEL.match(name)}
+
+    return sorted(labels(remote_entries) - labels(local_entries))
+
+
+def unknown_history_note(remote: str, unknown: list[str]) -> str:
+    """What the off-site copy says when the remote holds backups unknown here (the local
+    repository was lost and set up again, or another machine writes there)."""
+    return (f"{remote} holds {len(unknown)} base backup(s) this repository has no record of"
+            f" ({unknown[0]}{' to ' + unknown[-1] if len(unknown) > 1 else ''}): copying"
+            " only, deleting nothing there; remove that history by hand once it is not"
+            " needed")
+
+
 # --- the restored cluster ----------------------------------------------------------
 
 
@@ -482,11 +620,23 @@ def cluster_url(server: Server, port: int, name: str) -> str:
                      urlencode({"host": server.socket_dir, "port": port}, quote_via=quote))
 
 
+# What libpq says when the server refuses a login (not when it is only starting up).
+REFUSED = re.compile(r"(?:FATAL:\s+|fe_sendauth: )(.*(?:authentication failed|pg_hba\.conf"
+                     r"|no password supplied|role \".*\" does not exist).*)$", re.M)
+
+
+def login_refused(stderr: str) -> str | None:
+    """The server's refusal line when psql was refused a login; None when it was not
+    (the cluster may still be starting: that is worth waiting for, a refusal is not)."""
+    match = REFUSED.search(stderr)
+    return match.group(1).strip() if match else None
+
+
 # --- status, continued ----------------------------------------------------------------
 
 
 def facts_from(newest_base: datetime | None, state: dict, drill: dict | None,
-               problems: list[str]) -> Facts:
+               problems: list[str], expected_command: str | None = None) -> Facts:
     """Facts from PITR_ARCHIVER_QUERY's answer (epoch seconds, or null)."""
     def when(name: str) -> datetime | None:
         value = state.get(name)
@@ -494,7 +644,9 @@ def facts_from(newest_base: datetime | None, state: dict, drill: dict | None,
 
     return Facts(newest_base, when("last_archived"), state.get("last_archived_wal"),
                  when("last_failed"), state.get("failed_count"), state.get("ready"),
-                 when("oldest_ready"), drill, tuple(problems))
+                 when("oldest_ready"), drill, tuple(problems), state.get("archive_mode"),
+                 state.get("archive_command"), state.get("archive_library"),
+                 expected_command if state else None)
 
 
 @dataclass(frozen=True)

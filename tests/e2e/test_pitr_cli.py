@@ -4,11 +4,14 @@ verified and watched by status as a user would. Skipped only where pgBackRest is
 installed (.ci/run installs it)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -47,6 +50,27 @@ class Pitr:
     def status(self) -> dict:
         result = run_invoke("backup.status", "--json", env=self.environ)
         return json.loads(result.stdout)["envs"][0]
+
+    @contextlib.contextmanager
+    def login_rules(self, hba: str):
+        """Restores get `hba` as their pg_hba.conf, as on Debian, where it lives outside
+        the data directory and a restored cluster borrows the live server's."""
+        rules = self.cluster.root / "etc"
+        rules.mkdir(exist_ok=True)
+        (rules / "pg_hba.conf").write_text(hba)
+        (rules / "pg_ident.conf").write_text("")
+        for path in (rules, *rules.iterdir()):
+            shutil.chown(path, "postgres")
+        pointer = Path(self.environ["CARABASE_BACKUP_DIR"]) / "dev" / "pitr.json"
+        original = pointer.read_text()
+        data = json.loads(original)
+        data["server"]["config_elsewhere"] = [str(rules / "pg_hba.conf"),
+                                              str(rules / "pg_ident.conf")]
+        pointer.write_text(json.dumps(data))
+        try:
+            yield
+        finally:
+            pointer.write_text(original)
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +260,200 @@ def test_verify_catches_a_flipped_byte_in_a_wal_file_whatever_pgbackrest_exits_w
     assert f"OK {pitr.repo}" in intact.stdout
 
 
-def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr):
-    pitr.sql("create table drilled (n int); insert into drilled values (1)")
+@pytest.fixture
+def small_tmpfs(pitr):
+    """A 1 MiB tmpfs the server's user can write to (mounting needs root)."""
+    mount = pitr.cluster.root / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs",
+                       str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+    mount.rmdir()
 
-    result = run_invoke("backup.pitr-drill", "dev", env=pitr.environ, timeout=300)
+
+def test_drill_restores_a_recent_time_checks_every_table_and_records_it(pitr, small_tmpfs):
+    pitr.sql("create table drilled (n int); insert into drilled values (1)")
+    # The drill restores beside the repository, never into TMPDIR: a small tmpfs here.
+    small_tmp = {**pitr.environ, "TMPDIR": str(small_tmpfs)}
+
+    result = run_invoke("backup.pitr-drill", "dev", env=small_tmp, timeout=300)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pitr-drill dev: PASS restored to ")
     assert pitr.status()["pitr"]["drill"]["result"] == "PASS"
-    leftovers = list(Path("/tmp").glob("carabase-pitr-drill-dev-*"))
-    assert leftovers == []
+    assert list(pitr.directory.glob("drill-*")) == []
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_drill_where_there_is_no_room_fails_at_once_in_one_line_and_records_it(
+        pitr, small_tmpfs):
+    short = {**pitr.environ, "CARABASE_PITR_DRILL_DIR": str(small_tmpfs)}
+
+    result = run_invoke("backup.pitr-drill", "dev", env=short, timeout=300)
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"not enough room in {small_tmpfs} for the drill's cluster: 1 MiB free" in \
+        result.stderr
+    assert "CARABASE_PITR_DRILL_DIR" in result.stderr
+    assert list(small_tmpfs.iterdir()) == []
+    assert pitr.status()["pitr"]["drill"]["result"] == "FAIL"
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server's user differs from the"
+                             " invoking one only when run as root")
+
+
+@as_root
+def test_restore_as_root_under_peer_rules_polls_and_connects_as_the_servers_user(
+        pitr, restored_dir):
+    pitr.sql("insert into markers values (200)")
+
+    with pitr.login_rules("local all all peer\n"):  # Debian's: root may not log in as postgres
+        started = time.monotonic()
+        result = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                            timeout=180)
+
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 120
+    connect = next(line for line in result.stdout.splitlines() if ": connect: " in line)
+    command = shlex.split(connect.split(": connect: ", 1)[1])
+    assert command[:3] == ["runuser", "-u", "postgres"]
+    rows = subprocess.run([*command, "-X", "-At", "-c", "select max(n) from markers"],
+                          capture_output=True, text=True, timeout=60)
+    assert rows.stdout.strip() == "200", rows.stderr
+
+
+@as_root
+def test_restore_whose_logins_are_all_refused_stops_at_once_and_names_the_cause(
+        pitr, restored_dir):
+    with pitr.login_rules("local all all reject\n"):
+        started = time.monotonic()
+        result = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                            timeout=180)
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 120
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "refuses postgres's login as postgres: pg_hba.conf rejects connection" in \
+        result.stderr
+    assert "not promoted" not in result.stderr
+
+
+def stop_restored(pitr, directory: Path) -> None:
+    subprocess.run(_as_postgres([str(pitr.cluster.bindir / "pg_ctl"), "-D", str(directory),
+                                 "-m", "immediate", "stop"]), capture_output=True, timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def restored_rows(result) -> list[str]:
+    """The markers of the cluster a pitr-restore started, read as its output says to."""
+    connect = next(line for line in result.stdout.splitlines() if ": connect: " in line)
+    command = shlex.split(connect.split(": connect: ", 1)[1])
+    rows = subprocess.run([*command, "-X", "-At", "-c", "select n from markers order by n"],
+                          capture_output=True, text=True, timeout=60)
+    assert rows.returncode == 0, rows.stderr
+    return rows.stdout.split()
+
+
+def test_while_the_live_server_cannot_archive_status_warns_and_restores_still_go_ahead(
+        pitr, restored_dir, tmp_path):
+    pitr.sql("delete from markers where n >= 300; insert into markers values (300)")
+    # pgBackRest keeps a backup's end in whole seconds: a time in that second is refused.
+    ended = pitr.info()["backup"][-1]["timestamp"]["stop"]
+    target = wait_for(lambda: (lambda now: now if float(now) > ended + 1 else None)(
+        pitr.sql("select extract(epoch from clock_timestamp())").strip()), "a second to pass",
+        timeout=5)
+    target = f"{datetime.fromtimestamp(float(target), timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00"
+    segment = pitr.sql("insert into markers values (301);"
+                       " select pg_walfile_name(pg_switch_wal())").split()[-1]
+    wait_for(lambda: pitr.sql("select last_archived_wal >= '" + segment + "' from"
+                              " pg_stat_archiver").strip() == "t", "the archiver", timeout=60)
+    ours = pitr.sql("select current_setting('archive_command')").strip()
+    pitr.sql("alter system set archive_command = 'false'; select pg_reload_conf()")
+    latest_dir = pitr.cluster.root / "latest"  # reachable by the server's user
+    try:
+        pitr.sql("insert into markers values (302)")  # never archived
+        warned = wait_for(lambda: (lambda s: s if s["pitr"]["status"] == "WARN" else None)(
+            pitr.status()), "status to see the archive_command changed", timeout=30)
+        started = time.monotonic()
+        to_time = run_invoke("backup.pitr-restore", "dev", "--to", target, "--data-dir",
+                             str(restored_dir), "--port", str(SPARE_PORT), env=pitr.environ,
+                             timeout=100)
+        took = time.monotonic() - started
+        to_time_rows = restored_rows(to_time) if to_time.returncode == 0 else None
+        latest = run_invoke("backup.pitr-restore", "dev", "--to", "latest", "--data-dir",
+                            str(latest_dir), "--port", str(SPARE_PORT - 1), env=pitr.environ,
+                            timeout=100)
+        latest_rows = restored_rows(latest) if latest.returncode == 0 else None
+        too_late = run_invoke("backup.pitr-restore", "dev", "--to", pitr.sql(
+            "select clock_timestamp()").strip(), "--data-dir", str(tmp_path / "late"),
+            "--port", str(SPARE_PORT - 2), env=pitr.environ, timeout=100)
+        line = run_invoke("backup.status", env=pitr.environ).stdout
+    finally:
+        pitr.sql(f"alter system set archive_command = $q${ours}$q$; select pg_reload_conf()")
+        stop_restored(pitr, latest_dir)
+
+    assert warned["status"] in ("WARN", "FAIL")  # FAIL: no logical backup, run alone
+    assert any("archive_command is not pgBackRest's" in w for w in warned["pitr"]["warnings"])
+    assert "archive_command is not pgBackRest's" in line
+    # The time is covered by what is archived: no waiting on the live server.
+    assert to_time.returncode == 0, to_time.stderr
+    assert took < 60 and "cannot archive" not in to_time.stdout
+    assert [n for n in to_time_rows if int(n) >= 300] == ["300"]
+    # latest: what is archived, and the output says up to when.
+    assert latest.returncode == 0, latest.stderr
+    assert "cannot archive" in latest.stdout
+    assert "restoring what is archived, up to 20" in latest.stdout
+    assert [n for n in latest_rows if int(n) >= 300] == ["300", "301"]
+    # A time after the newest archived commit cannot be reached: one line says why.
+    assert too_late.returncode == 1
+    assert len(too_late.stderr.strip().splitlines()) == 1, too_late.stderr
+    assert "is after the newest archived commit" in too_late.stderr
+    assert "cannot archive" in too_late.stderr
+
+
+def test_offsite_copy_keeps_history_this_repository_has_no_record_of_and_prunes_what_it_expired(
+        pitr, tmp_path):
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    environ = {**pitr.environ, "CARABASE_OFFSITE": str(offsite)}
+    copy = offsite / "dev" / "pitr"
+    first = run_invoke("backup.pitr-backup", "dev", "--type", "full", env=environ, timeout=300)
+    assert first.returncode == 0, first.stderr
+    # What a repository lost since left off-site: a base backup and WAL this one never had.
+    older = copy / "backup" / "dev" / "20200101-000000F"
+    older.mkdir()
+    (older / "backup.manifest").write_text("older history")
+    archive = next(copy.glob("archive/dev/*-*"))
+    older_wal = archive / "0000000200000000" / f"000000020000000000000001-{'0' * 40}.zst"
+    older_wal.parent.mkdir()
+    older_wal.write_bytes(b"older history")
+
+    kept = run_invoke("backup.pitr-backup", "dev", "--type", "incr", env=environ, timeout=300)
+
+    assert kept.returncode == 0, kept.stderr
+    assert (older / "backup.manifest").read_text() == "older history"
+    assert older_wal.read_bytes() == b"older history"
+    assert "holds 1 base backup(s) this repository has no record of (20200101-000000F):" \
+        " copying only, deleting nothing there" in kept.stdout
+    assert "(rclone copy)" in kept.stdout
+
+    # The same history: what pgBackRest expired here is removed off-site too.
+    shutil.rmtree(older)
+    expired = pitr.info()["backup"][0]["label"]
+    subprocess.run(_as_postgres(["pgbackrest", f"--config={pitr.config}", "--stanza=dev",
+                                 "expire", f"--set={expired}"]), check=True,
+                   capture_output=True, timeout=120)
+    assert (copy / "backup" / "dev" / expired).is_dir()
+
+    pruned = run_invoke("backup.pitr-backup", "dev", "--type", "incr", env=environ, timeout=300)
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert "(rclone sync)" in pruned.stdout and "no record of" not in pruned.stdout
+    assert not (copy / "backup" / "dev" / expired).exists()
+    assert not older_wal.exists()

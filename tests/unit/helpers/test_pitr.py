@@ -76,7 +76,8 @@ INFO = json.dumps([{
         {"label": "20260409-031700F_20260410-031700D", "type": "diff",
          "timestamp": {"start": 1775790000, "stop": 1775790010}},
         {"label": "20260409-031700F", "type": "full",
-         "timestamp": {"start": 1775703420, "stop": 1775703430}},
+         "timestamp": {"start": 1775703420, "stop": 1775703430},
+         "info": {"size": 300 * 2**20, "repository": {"size": 40 * 2**20}}},
     ]}])
 
 
@@ -131,6 +132,8 @@ def test_check_target_refuses_outside_the_window_and_says_the_window():
         pitr.check_target(start - timedelta(seconds=1), info, end)
     with pytest.raises(UserError, match="after the newest archived WAL: the window is"):
         pitr.check_target(end + timedelta(seconds=1), info, end)
+    with pytest.raises(UserError, match="after the newest archived WAL"):
+        pitr.check_target(end, info, end)  # recovery needs a commit after the time
 
 
 def test_check_target_without_any_base_backup_says_take_one():
@@ -160,10 +163,14 @@ def test_verify_problems_of_a_clean_run_is_empty():
     assert pitr.verify_problems(clean) == []
 
 
+OURS = "pgbackrest --config=/srv/pitr/dev/pgbackrest.conf --stanza=dev archive-push %p"
+
+
 def facts(**changes) -> pitr.Facts:
     values = dict(newest_base=NOW - timedelta(days=1), last_archived=NOW - timedelta(minutes=5),
                   last_archived_wal="000000010000000000000009", last_failed=None,
-                  failed_count=0, ready=0, oldest_ready=None)
+                  failed_count=0, ready=0, oldest_ready=None, archive_mode="on",
+                  archive_command=OURS, archive_library="", expected_command=OURS)
     values.update(changes)
     return pitr.Facts(**values)
 
@@ -171,6 +178,7 @@ def facts(**changes) -> pitr.Facts:
 def test_judge_passes_a_healthy_env_and_fills_the_json_object():
     verdict, data, warnings = pitr.judge(facts(), NOW)
     assert (verdict, warnings) == ("PASS", [])
+    assert data["status"] == "PASS"
     assert data["newest_base_backup"] == "2026-04-08T12:00:00Z"
     assert data["last_archived"] == "2026-04-09T11:55:00Z"
     assert pitr.status_part(data) == " pitr=wal:2026-04-09T11:55:00Z,base:2026-04-08T12:00:00Z"
@@ -182,10 +190,13 @@ def test_judge_passes_a_healthy_env_and_fills_the_json_object():
     ({"newest_base": NOW - timedelta(days=8, minutes=1)}, "newest base backup is 8 days old"),
     ({"newest_base": None}, "no base backup"),
     ({"drill": {"result": "FAIL"}}, "last drill FAIL"),
+    ({"archive_mode": "off"}, "archive_mode is off"),
+    ({"archive_command": "/bin/true"}, "archive_command is not pgBackRest's"),
+    ({"archive_library": "basic_archive"}, "archive_library is set (basic_archive)"),
 ])
 def test_judge_warns(changes, said):
-    verdict, _, warnings = pitr.judge(facts(**changes), NOW)
-    assert verdict == "WARN"
+    verdict, data, warnings = pitr.judge(facts(**changes), NOW)
+    assert verdict == "WARN" and data["status"] == "WARN"
     assert any(said in warning for warning in warnings), warnings
 
 
@@ -266,3 +277,132 @@ def test_an_unreadable_pointer_file_says_to_run_setup_again(monkeypatch, tmp_pat
 def test_a_time_that_leaves_the_calendar_in_utc_is_one_clear_line(text):
     with pytest.raises(UserError, match="out of range"):
         pitr.parse_target(text)
+
+
+@pytest.mark.parametrize("stderr, said", [
+    ('psql: error: connection to server on socket "/run/postgresql/.s.PGSQL.5499" failed:'
+     ' FATAL:  Peer authentication failed for user "postgres"\n',
+     'Peer authentication failed for user "postgres"'),
+    ('psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: FATAL:  pg_hba.conf'
+     ' rejects connection for host "[local]", user "postgres", database "postgres", no'
+     ' encryption\n', 'pg_hba.conf rejects connection for host "[local]", user "postgres",'
+     ' database "postgres", no encryption'),
+    ("psql: error: connection to server failed: fe_sendauth: no password supplied\n",
+     "no password supplied"),
+    ('psql: error: connection to server failed: FATAL:  role "root" does not exist\n',
+     'role "root" does not exist'),
+])
+def test_a_refused_login_is_told_apart_and_named(stderr, said):
+    assert pitr.login_refused(stderr) == said
+
+
+@pytest.mark.parametrize("stderr", [
+    'psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: FATAL:  the'
+    ' database system is starting up\n',
+    'psql: error: connection to server on socket "/tmp/.s.PGSQL.5499" failed: No such file or'
+    ' directory\n\tIs the server running locally and accepting connections on that socket?\n',
+    "",
+])
+def test_a_cluster_still_starting_is_not_a_refusal(stderr):
+    assert pitr.login_refused(stderr) is None
+
+
+def test_parse_info_keeps_the_archive_that_holds_the_newest_segment():
+    info = pitr.parse_info(INFO, "prod")
+    assert (info.archive_id, info.archive_max) == ("15-1", "000000010000000000000009")
+
+
+def test_segments_newest_first_leaves_out_what_is_not_a_segment():
+    names = ["000000010000000000000009-" + "a" * 40 + ".zst",
+             "00000001000000010000000A-" + "b" * 40 + ".zst",
+             "000000020000000000000009-" + "c" * 40,
+             "00000002.history", "000000010000000000000003.00000028.backup",
+             "00000001000000000000000B.partial-" + "d" * 40 + ".zst"]
+    assert pitr.segments_newest_first(names) == [
+        "00000001000000010000000A", "000000020000000000000009", "000000010000000000000009"]
+
+
+WALDUMP = """\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/05000060, prev 0/05000028, desc: COMMIT 2026-04-09 14:30:00.250000 UTC
+rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/05000088, prev 0/05000060, desc: ABORT 2026-04-09 14:31:02.000001 UTC
+rmgr: Transaction len (rec/tot):    130/   130, tx:          0, lsn: 0/050000B0, prev 0/05000088, desc: RUNNING_XACTS nextXid 737
+pg_waldump: error: error in WAL record at 0/50000B0: invalid record length at 0/5000138
+"""  # noqa: E501
+
+
+def test_last_commit_is_the_time_of_the_last_commit_or_abort_pg_waldump_shows():
+    assert pitr.last_commit(WALDUMP) == datetime(2026, 4, 9, 14, 31, 2, 1, tzinfo=UTC)
+    assert pitr.last_commit(WALDUMP.splitlines()[2]) is None
+
+
+def test_flush_state_says_archived_failed_or_still_waiting():
+    since = NOW - timedelta(seconds=5)
+    segment = "000000010000000000000009"
+    waiting = {"last_archived_wal": "000000010000000000000008", "last_failed": None,
+               "last_archived": (since - timedelta(minutes=1)).timestamp()}
+    assert pitr.flush_state(waiting, segment, since) is None
+    assert pitr.flush_state({**waiting, "last_archived_wal": segment}, segment, since) == \
+        "archived"
+    failed = {**waiting, "last_failed_wal": segment, "last_failed": NOW.timestamp()}
+    assert pitr.flush_state(failed, segment, since) == "failed"
+    # An older segment failing blocks ours: segments are archived in order.
+    assert pitr.flush_state({**failed, "last_failed_wal": "000000010000000000000007"},
+                            segment, since) == "failed"
+    # A failure before we asked, or one followed by a success, is not an answer yet.
+    assert pitr.flush_state({**failed, "last_failed": (since - timedelta(seconds=1))
+                             .timestamp()}, segment, since) is None
+    assert pitr.flush_state({**failed, "last_archived": NOW.timestamp() + 1}, segment,
+                            since) is None
+
+
+def test_the_note_of_a_restore_without_the_live_servers_wal_says_up_to_when():
+    said = pitr.unarchived_note("the live server is not reachable (refused)",
+                                datetime(2026, 4, 9, 14, 31, 2, tzinfo=UTC), "0000000100000009")
+    assert said == ("the live server is not reachable (refused): restoring what is archived,"
+                    " up to 2026-04-09T14:31:02Z (the newest archived commit); later writes"
+                    " are not in it")
+    assert "up to the end of WAL segment 0000000100000009" in pitr.unarchived_note(
+        "down", None, "0000000100000009")
+
+
+def test_the_drill_needs_room_for_the_newest_base_backups_database_and_its_wal(tmp_path):
+    info = pitr.parse_info(INFO, "prod")  # the newest (diff) says nothing of its size
+    full = pitr.parse_info(INFO.replace('"type": "diff"', '"type": "diff", "info": {"size":'
+                                        ' 314572800}'), "prod")
+    assert full.newest.size == 300 * 2**20
+    assert pitr.drill_room_problem(tmp_path, 395 * 2**20, full) is None
+    said = pitr.drill_room_problem(tmp_path, 100 * 2**20, full)
+    assert said == (f"not enough room in {tmp_path} for the drill's cluster: 100 MiB free, the"
+                    " restore needs about 394 MiB (the database was 300 MiB); free some or set"
+                    " CARABASE_PITR_DRILL_DIR to a roomier directory")
+    assert pitr.drill_room_problem(tmp_path, 63 * 2**20, info) is not None
+
+
+def test_the_drill_restores_beside_the_repository_or_where_the_setting_says(monkeypatch):
+    setup = pitr.Setup("prod", Path("/srv/pitr/prod"), SERVER)
+    monkeypatch.delenv("CARABASE_PITR_DRILL_DIR", raising=False)
+    assert pitr.drill_parent(setup) == Path("/srv/pitr/prod")
+    monkeypatch.setenv("CARABASE_PITR_DRILL_DIR", "/srv/scratch")
+    assert pitr.drill_parent(setup) == Path("/srv/scratch")
+    monkeypatch.setenv("CARABASE_PITR_DRILL_DIR", "scratch")
+    with pytest.raises(UserError, match="absolute"):
+        pitr.drill_parent(setup)
+
+
+def test_unknown_backups_are_the_remotes_labels_with_no_record_here_current_or_expired():
+    remote = ["20200101-000000F/", "20200101-000000F_20200102-000000D/", "20260409-031700F/",
+              "20260401-031700F/", "backup.history/"]
+    local = ["20260409-031700F", "backup.info", "backup.info.copy", "backup.history",
+             "20260401-031700F.manifest.gz"]  # expired here: in backup.history only
+    assert pitr.unknown_backups(remote, local) == [
+        "20200101-000000F", "20200101-000000F_20200102-000000D"]
+    assert pitr.unknown_backups(remote[2:], local) == []
+    assert pitr.unknown_backups([], local) == []
+
+
+def test_the_note_of_a_copy_only_says_what_and_why():
+    said = pitr.unknown_history_note("b2:bucket/dev/pitr", ["20200101-000000F",
+                                                            "20200108-000000F"])
+    assert said == ("b2:bucket/dev/pitr holds 2 base backup(s) this repository has no record"
+                    " of (20200101-000000F to 20200108-000000F): copying only, deleting nothing"
+                    " there; remove that history by hand once it is not needed")
