@@ -29,6 +29,18 @@ def _pg_bindir() -> Path:
     raise RuntimeError("initdb not found: install the PostgreSQL server (see .ci/run)")
 
 
+def _client(program: str) -> str:
+    """The client program itself, for the tests' own queries: on Debian, `psql` on PATH
+    is pg_wrapper, a Perl script that costs about 0.1 s a call before psql starts, and
+    the tests make thousands of them. (The code under test still runs what PATH finds.)"""
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"),
+                      key=lambda path: int(path.split("/")[4]))
+    return versions[-1] if versions else (shutil.which(program) or program)
+
+
+PSQL = _client("psql")
+
+
 @dataclass
 class PgServer:
     host: str
@@ -54,7 +66,7 @@ class PgServer:
     def psql(self, dbname: str, sql: str, check: bool = True) -> str:
         """Run `sql` in `dbname`; return psql's unaligned, tuples-only output."""
         result = subprocess.run(
-            ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-f", "-"],
+            [PSQL, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-f", "-"],
             input=sql, env={**os.environ, **self.libpq_env()},
             capture_output=True, text=True, timeout=120,
         )

@@ -1,6 +1,8 @@
 """A database with the awkward types a restore must carry, and a way to compare two."""
 from __future__ import annotations
 
+import uuid
+
 from tests.pg import PgServer
 
 # Every kind of value that has broken a dump/restore somewhere: binary, JSON, arrays,
@@ -50,29 +52,36 @@ def snapshot(pg: PgServer, dbname: str) -> dict[str, str]:
 
     Every table's rows in a fixed order, every sequence's position, every view's
     definition and rows, every function's definition and a call, every enum's labels.
+    Two psql runs (the names, then every query), not one per query: tests take hundreds.
     """
+    queries: dict[str, str] = {}
+    names = pg.psql(dbname, "select 'table', tablename from pg_tables where schemaname ="
+                            " 'public' union all select 'sequence', sequencename from"
+                            " pg_sequences where schemaname = 'public' union all select"
+                            " 'view', viewname from pg_views where schemaname = 'public'"
+                            " order by 1, 2")
+    for kind, name in (line.split("|", 1) for line in names.splitlines()):
+        if kind == "table":
+            queries[f"table {name}"] = f'select t::text from public."{name}" t order by t::text'
+            queries[f"columns {name}"] = (
+                "select column_name, data_type, column_default from information_schema.columns"
+                f" where table_name = '{name}' order by 1")
+        elif kind == "sequence":
+            queries[f"sequence {name}"] = f'select last_value, is_called from public."{name}"'
+        else:
+            queries[f"view {name}"] = f"select pg_get_viewdef('public.{name}')"
+            queries[f"view rows {name}"] = f'select v::text from public."{name}" v order by 1'
+    queries["functions"] = (
+        "select pg_get_functiondef(p.oid) from pg_proc p join pg_namespace n"
+        " on n.oid = p.pronamespace where n.nspname = 'public' order by p.proname")
+    queries["enums"] = ("select t.typname, e.enumlabel from pg_enum e join pg_type t"
+                        " on t.oid = e.enumtypid order by 1, e.enumsortorder")
+    # Each query's output follows a line that no row can hold: the marker and its key.
+    marker = uuid.uuid4().hex
+    script = "".join("select '{} {}';\n{};\n".format(marker, key.replace("'", "''"), sql)
+                     for key, sql in queries.items())
     result: dict[str, str] = {}
-    tables = pg.psql(dbname, "select tablename from pg_tables where schemaname = 'public'"
-                             " order by 1").split()
-    for table in tables:
-        result[f"table {table}"] = pg.psql(
-            dbname, f'select t::text from public."{table}" t order by t::text')
-        result[f"columns {table}"] = pg.psql(
-            dbname, "select column_name, data_type, column_default from"
-                    f" information_schema.columns where table_name = '{table}' order by 1")
-    for sequence in pg.psql(dbname, "select sequencename from pg_sequences"
-                                    " where schemaname = 'public' order by 1").split():
-        result[f"sequence {sequence}"] = pg.psql(
-            dbname, f'select last_value, is_called from public."{sequence}"')
-    for view in pg.psql(dbname, "select viewname from pg_views where schemaname = 'public'"
-                                " order by 1").split():
-        result[f"view {view}"] = pg.psql(dbname, f"select pg_get_viewdef('public.{view}')")
-        result[f"view rows {view}"] = pg.psql(
-            dbname, f'select v::text from public."{view}" v order by 1')
-    result["functions"] = pg.psql(
-        dbname, "select pg_get_functiondef(p.oid) from pg_proc p join pg_namespace n"
-                " on n.oid = p.pronamespace where n.nspname = 'public' order by p.proname")
-    result["enums"] = pg.psql(
-        dbname, "select t.typname, e.enumlabel from pg_enum e join pg_type t"
-                " on t.oid = e.enumtypid order by 1, e.enumsortorder")
+    for chunk in pg.psql(dbname, script).split(f"{marker} ")[1:]:
+        key, _, output = chunk.partition("\n")
+        result[key] = output
     return result
