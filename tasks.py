@@ -30,7 +30,6 @@ See README.md.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -372,19 +371,17 @@ def restore(c, env, file, yes=False, i_know=False, no_keep=False, in_place=False
         refuse_blocking_sessions(target, probe, action)
         identity = settings_kept(target, probe, drop_settings, action)
 
-    force = probe.restoring.superuser
-    sessions = None if in_place else restore_sessions(jobs, source.stat().st_size)
     with lock, stop_on_signal(f"{action} (nothing was changed)"), \
-            os_errors_reported(action), private_tempfile() as plaintext, \
-            fresh_database(c, target, identity, force, sessions) as fresh:
+            os_errors_reported(action), private_tempfile() as plaintext:
         facts = checked_dump(key, source, plaintext, probe.restoring, action)
         confirm_restore(source, env, target, yes, action, probe.sessions, in_place=in_place)
         started = time.monotonic()
         if in_place:
             apply_in_place(c, plaintext, facts, target, identity, action)
         else:
-            tidy = replace_database(c, plaintext, facts, fresh, identity, no_keep, action,
-                                    force)
+            tidy = replace_database(c, plaintext, facts, target, identity, no_keep, action,
+                                    restore_sessions(jobs, source.stat().st_size),
+                                    force=probe.restoring.superuser)
     print(f"{action}: restored {source} into {target.uri} in"
           f" {time.monotonic() - started:.1f}s")
     if in_place:
@@ -417,24 +414,28 @@ def undo_after_in_place(c, env: str, target: Database, action: str) -> str:
             " and replace this restore's result")
 
 
-def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshDatabase,
+def replace_database(c, plaintext: Plaintext, facts: DumpFacts, target: Database,
                      identity: swap.DatabaseIdentity | None, no_keep: bool,
-                     action: str, force: bool = False) -> bool:
-    """Load the backup into the fresh database, then swap it in for the target. False if,
+                     action: str, jobs: int = 1, force: bool = False) -> bool:
+    """Build the backup into a fresh database, then swap it in for `target`. False if,
     the swap done, an old copy could not be dropped (said on stderr). `force`: the
     role may drop with WITH (FORCE) (swap.drop_database_sql)."""
-    target, server = fresh.target, maintenance_of(fresh.target)
+    server = maintenance_of(target)
+    fresh = target.on_database(swap.restoring_name(target.name))
     undo = swap.undo_name(target.name) if identity is not None else None
     retired = swap.retired_name(target.name)
-    fresh.taken_over = True  # from here on, a failure drops it below
+    # First drop what a killed restore left behind (half-built, or retired but not yet
+    # dropped), then create the fresh database (apply_dump).
+    create = [*swap.drop_database_sql(fresh.name, force),
+              *swap.drop_database_sql(retired, force),
+              swap.create_database_sql(fresh.name, identity)]
     try:
-        fresh.wait(action)
-        apply_dump(c, plaintext, facts, fresh.db, action, jobs=fresh.sessions,
-                   create=fresh.create, server=server)
+        apply_dump(c, plaintext, facts, fresh, action, create=create, server=server,
+                   jobs=jobs)
         # After the COMMIT, in the same psql: drop the previous undo copy (and, with
         # --no-keep, the one just made).
         result = rename_databases(
-            c, server, swap.swap_sql(target.name, fresh.db.name, undo, identity), action,
+            c, server, swap.swap_sql(target.name, fresh.name, undo, identity), action,
             after=swap.after_swap_sql(target.name, drop_undo=no_keep and undo is not None,
                                       force=force))
         if not committed(result):
@@ -442,7 +443,7 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshData
                             f" in the restored database: {failure(result, target)}")
         report_ended_sessions(result, action)
     except BaseException as error:
-        drop_database(c, fresh.db, force)  # waits for the swap to end; gone if it committed
+        drop_database(c, fresh, force)  # waits for the swap to end; gone if it committed
         if isinstance(error, Interrupted):
             report_if_swapped_in(c, server, target, identity, error, action)
         raise
@@ -451,56 +452,6 @@ def replace_database(c, plaintext: Plaintext, facts: DumpFacts, fresh: FreshData
               f" after it (drop it by hand, or the next restore of this env tries again:"
               f' DROP DATABASE "{retired}"): {failure(result, target)}', file=sys.stderr)
     return result.ok
-
-
-class FreshDatabase:
-    """The empty database a restore loads (`<target>__carabase_restoring`), and how it
-    comes to be (fresh_database): `making`, the promise of a psql of its own that makes it
-    while the backup is checked, or `create`, the statements the apply's one psql runs
-    first."""
-
-    def __init__(self, target: Database, making=None, create: list[str] = (),
-                 sessions: int = 1) -> None:
-        self.target = target
-        self.db = target.on_database(swap.restoring_name(target.name))
-        self.making, self.create, self.sessions = making, create, sessions
-        self.taken_over = False  # replace_database drops it on failure from then on
-
-    def wait(self, action: str) -> None:
-        if self.making is None:
-            return
-        result, self.making = self.making.join(), None
-        if not result.ok:
-            raise UserError(f"{action} failed, nothing was changed: could not create the"
-                            f" database to restore into: {failure(result, self.target)}")
-
-
-@contextlib.contextmanager
-def fresh_database(c, target: Database, identity: swap.DatabaseIdentity | None,
-                   force: bool, sessions: int | None):
-    """The fresh database a restore over `sessions` loads (None: --in-place, none),
-    after dropping what a killed restore left (half-built, or retired and not yet
-    dropped). Over several sessions, a psql of its own starts making it at once, so that
-    it is ready when the check of the backup is done (it stays empty until then), and
-    drops it again if the restore stops before replace_database takes it over. In one
-    session, the apply's psql makes it first: a small backup's check is over at once,
-    and a psql start fewer is what counts there."""
-    fresh = FreshDatabase(target, sessions=sessions or 1)
-    statements = [*swap.drop_database_sql(fresh.db.name, force),
-                  *swap.drop_database_sql(swap.retired_name(target.name), force),
-                  swap.create_database_sql(fresh.db.name, identity)]
-    if sessions == 1:
-        fresh.create = statements
-    elif sessions is not None:
-        fresh.making = run_sql(c, maintenance_of(target), "\n".join(statements),
-                               asynchronous=True)
-    try:
-        yield fresh
-    except BaseException:
-        if fresh.making is not None and not fresh.taken_over:
-            fresh.making.join()
-            drop_database(c, fresh.db, force)
-        raise
 
 
 def report_if_swapped_in(c, server: Database, target: Database,
@@ -685,13 +636,16 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
     """Apply the dump to `db`, a database nobody else uses, stopping at the first error.
     Only for a database that a later synchronous commit makes durable (the swap). Over
     `jobs` sessions when more than one (helpers.parallel_apply), except for an older
-    backup (its DROP block is for one). `create`: statements that make `db`, which the
-    one psql runs first, each on its own, on `server` (see apply_psql).
+    backup (its DROP block is for one). `create`: statements that make `db`, run first,
+    each on its own, on `server`: by the one psql (see apply_psql), or by a psql of
+    their own before the sessions start (make_database).
 
     No transaction around it: nothing can see `db` until it is swapped in, so a failure
     is undone by dropping it, and one transaction over a big dump would run out of lock
     memory (a lock per table and per large object)."""
+    server = server or maintenance_of(db)
     if jobs > 1 and not facts.clean_section:
+        make_database(c, server, create, db, action)  # the sessions only connect to it
         # Its lifeline (fd 3) is the shell's stdin, a pipe this process holds: killed,
         # even by SIGKILL, it stops its sessions instead of loading on unattended.
         apply = helper_command("parallel_apply", "--jobs", str(jobs), "--dbname", db.uri,
@@ -699,8 +653,7 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
         command = "exec 3<&0; " + pipeline(dump_stream(plaintext, facts, action), apply)
     else:
         command = pipeline(dump_stream(plaintext, facts, action),
-                           apply_psql(db, create, server or maintenance_of(db))
-                           + " > /dev/null")
+                           apply_psql(db, create, server) + " > /dev/null")
     # Each statement commits without waiting for its WAL to reach the disk: safe, because
     # the swap's own COMMIT waits for all WAL written before it, this database's included.
     options = " ".join(filter(None, [os.environ.get("PGOPTIONS"),
@@ -709,6 +662,16 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
                    hide=True, warn=True, in_stream=False)
     if not result.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
+
+
+def make_database(c, server: Database, create: list[str], db: Database, action: str) -> None:
+    """Run `create` on `server`, each statement on its own (no transaction)."""
+    if not create:
+        return
+    made = c.run(psql_command(server, *(word for sql in create for word in ("--command", sql))),
+                 env=server.child_env(), hide=True, warn=True, in_stream=False)
+    if not made.ok:
+        raise UserError(f"{action} failed, nothing was changed: {failure(made, db)}")
 
 
 def apply_psql(db: Database, create: list[str], server: Database) -> str:
@@ -883,17 +846,12 @@ def look_up_prod(c) -> tuple[str, str] | None:
     return server_identity(c, prod, fallback=bool(os.environ.get(prod.variable)))
 
 
-NOT_ASKED = object()
-
-
 def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str],
-                           action: str, prod_identity=NOT_ASKED) -> None:
+                           action: str, prod_identity: tuple[str, str] | None) -> None:
     """Refuse when `target_identity` (cluster, database) is where prod's URL leads
-    (`prod_identity`: look_up_prod's answer, when it was already asked)."""
+    (`prod_identity`: look_up_prod's answer)."""
     prod = database("prod")
     configured = bool(os.environ.get(prod.variable))
-    if prod_identity is NOT_ASKED:
-        prod_identity = look_up_prod(c)
     # An unconfigured prod that cannot be connected to can only be the target if the
     # names match: then its server decides.
     if prod_identity is None and not configured and prod.name == target_identity[1]:
@@ -910,7 +868,7 @@ def refuse_if_reaches_prod(c, target: Database, target_identity: tuple[str, str]
                         " prod FILE --i-know")
 
 
-def run_sql(c, server: Database, sql: str, asynchronous: bool = False, **variables: str):
+def run_sql(c, server: Database, sql: str, **variables: str):
     """Run `sql` on `server`; each keyword is a psql variable, so that :'name' is `name`
     as a literal and :"name" as an identifier, quoted by psql itself.
 
@@ -918,8 +876,7 @@ def run_sql(c, server: Database, sql: str, asynchronous: bool = False, **variabl
     """
     settings = [word for key, value in variables.items() for word in ("--set", f"{key}={value}")]
     command = pipeline(quoted("printf", "%s\n", sql), psql_command(server, "-At", *settings))
-    return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False,
-                 asynchronous=asynchronous)
+    return c.run(command, env=server.child_env(), hide=True, warn=True, in_stream=False)
 
 
 def drop_database(c, db: Database, force: bool = False):

@@ -96,39 +96,6 @@ def test_a_role_without_createdb_is_refused_pointing_to_in_place():
     assert "--dbname postgresql:///carabase_dev" in command  # on the target itself
 
 
-def test_over_sessions_the_fresh_database_is_made_while_the_backup_is_checked():
-    target = parse_database_url("postgresql://u:pw@h/app?sslmode=require", "V")
-    context = MockContext(run=Result(exited=0))
-
-    with tasks.fresh_database(context, target, None, force=True, sessions=2) as fresh:
-        [call] = context.run.call_args_list
-
-    assert call.kwargs["asynchronous"] is True  # the check of the backup goes on meanwhile
-    assert fresh.db.uri == "postgresql://u@h/app__carabase_restoring?sslmode=require"
-    command = call.args[0]
-    # What a killed restore left goes first, then the empty database is made.
-    drops = ['DROP DATABASE IF EXISTS "app__carabase_restoring" WITH (FORCE);',
-             'DROP DATABASE IF EXISTS "app__carabase_retired" WITH (FORCE);']
-    create = 'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;'
-    assert command.index(drops[0]) < command.index(drops[1]) < command.index(create)
-    psql = shlex.split(command.rsplit("|", 1)[1])
-    assert psql[psql.index("--dbname") + 1] == "postgresql://u@h/postgres?sslmode=require"
-    assert "pw" not in command.replace("pipefail", "")
-
-
-def test_in_one_session_the_apply_makes_the_fresh_database_and_in_place_there_is_none():
-    target = parse_database_url("postgresql://u@h/app", "V")
-    context = MockContext(run=Result(exited=0))
-
-    with tasks.fresh_database(context, target, None, force=False, sessions=1) as fresh:
-        assert fresh.create[-1] == ('CREATE DATABASE "app__carabase_restoring"'
-                                    ' WITH TEMPLATE template0;')
-    with tasks.fresh_database(context, target, None, force=False, sessions=None) as fresh:
-        assert fresh.create == ()
-
-    assert context.run.call_args_list == []  # no psql of its own
-
-
 def test_the_one_psql_creates_the_fresh_database_then_connects_to_it(tmp_path):
     fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring?sslmode=require",
                                "V")
@@ -156,19 +123,25 @@ def test_the_one_psql_creates_the_fresh_database_then_connects_to_it(tmp_path):
 def test_several_sessions_apply_through_the_parallel_apply_on_a_lifeline(tmp_path):
     fresh = parse_database_url("postgresql://u:pw@h/app__carabase_restoring", "V")
     plaintext = plaintext_at(tmp_path / "dump.sql.gz")
-    context = MockContext(run=Result(exited=0))
+    context = MockContext(run=[Result(exited=0), Result(exited=0)])
+    create = ['DROP DATABASE IF EXISTS "app__carabase_restoring";',
+              'CREATE DATABASE "app__carabase_restoring" WITH TEMPLATE template0;']
 
     tasks.apply_dump(context, plaintext, DumpFacts(clean_section=False), fresh, "restore",
-                     jobs=3)
+                     create=create, server=fresh.on_database("postgres"), jobs=3)
 
-    [command] = [call.args[0] for call in context.run.call_args_list]
+    [make, command] = [call.args[0] for call in context.run.call_args_list]
+    # The sessions only connect: the database is made first, each statement on its own.
+    psql = shlex.split(make)
+    assert psql[psql.index("--dbname") + 1:] == [
+        "postgresql://u@h/postgres", "--command", create[0], "--command", create[1]]
     # fd 3, the lifeline, is the shell's stdin: the pipe invoke holds.
     assert command.startswith("exec 3<&0; set -o pipefail; ")
     apply = shlex.split(command.rsplit("|", 1)[1])
     assert apply[1:] == ["-m", "helpers.parallel_apply", "--jobs", "3",
                          "--dbname", "postgresql://u@h/app__carabase_restoring",
                          "--lifeline", "3"]
-    assert "pw" not in command.replace("pipefail", "")
+    assert "pw" not in make + command.replace("pipefail", "")
 
 
 @pytest.mark.parametrize("jobs, clean_section", [(1, False), (4, True)],
@@ -199,8 +172,7 @@ def interrupted_swap(monkeypatch, oid_after: str):
     context = MockContext(run=[Result(exited=0), Result(stdout=oid_after + "\n")])
     target = parse_database_url("postgresql:///app", "CARABASE_DEV_DATABASE_URL")
     identity = DatabaseIdentity(owner="app", oid=16384)
-    fresh = tasks.FreshDatabase(target, making=None)  # made already
-    return lambda: tasks.replace_database(context, Path("/nonexistent"), DumpFacts(), fresh,
+    return lambda: tasks.replace_database(context, Path("/nonexistent"), DumpFacts(), target,
                                           identity, False, "restore into dev")
 
 
@@ -228,13 +200,15 @@ def test_unconfigured_prod_that_cannot_be_connected_to_is_looked_up_only_under_i
 
     # Another name than prod's: one failed connection to carabase_prod says enough.
     context = MockContext(run=[Result(exited=2)])
-    tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_dev"), "restore")
+    tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_dev"), "restore",
+                                 tasks.look_up_prod(context))
     assert context.run.call_count == 1
 
     # Prod's very name: the server's identity decides, and it is the same cluster.
     context = MockContext(run=[Result(exited=2), Result(stdout=f"{cluster}|f\n")])
     with pytest.raises(UserError, match="leads to the prod database"):
-        tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_prod"), "restore")
+        tasks.refuse_if_reaches_prod(context, target, (cluster, "carabase_prod"), "restore",
+                                     tasks.look_up_prod(context))
 
 
 def test_configured_prod_whose_database_exists_but_refuses_us_is_not_guessed(monkeypatch):
@@ -245,4 +219,4 @@ def test_configured_prod_whose_database_exists_but_refuses_us_is_not_guessed(mon
     context = MockContext(run=[Result(exited=2), Result(stdout="7712428185212053603|t\n")])
     with pytest.raises(UserError, match="cannot reach the prod database to check"):
         tasks.refuse_if_reaches_prod(context, target, ("7712428185212053603", "app"),
-                                     "restore into staging")
+                                     "restore into staging", tasks.look_up_prod(context))
