@@ -664,12 +664,18 @@ def apply_dump(c, plaintext: Plaintext, facts: DumpFacts, db: Database, action: 
         raise UserError(f"{action} failed, nothing was changed: {failure(result, db)}")
 
 
+def each_on_its_own(statements: list[str]) -> list[str]:
+    """psql's arguments that run `statements` one by one, outside any transaction (as
+    DROP and CREATE DATABASE must)."""
+    return [word for sql in statements for word in ("--command", sql)]
+
+
 def make_database(c, server: Database, create: list[str], db: Database, action: str) -> None:
-    """Run `create` on `server`, each statement on its own (no transaction)."""
+    """Run `create` on `server` (each_on_its_own)."""
     if not create:
         return
-    made = c.run(psql_command(server, *(word for sql in create for word in ("--command", sql))),
-                 env=server.child_env(), hide=True, warn=True, in_stream=False)
+    made = c.run(psql_command(server, *each_on_its_own(create)), env=server.child_env(),
+                 hide=True, warn=True, in_stream=False)
     if not made.ok:
         raise UserError(f"{action} failed, nothing was changed: {failure(made, db)}")
 
@@ -680,10 +686,9 @@ def apply_psql(db: Database, create: list[str], server: Database) -> str:
     psql start fewer than a psql of their own)."""
     if not create:
         return psql_command(db, "--file", "-")
-    first = [word for sql in create for word in ("--command", sql)]
     # Unset before psql reads the dump, where it would replace any `:fresh` that stands
     # outside quotes (an array slice `a[1:fresh]`).
-    return psql_command(server, *first, "--set", f"fresh={db.uri}",
+    return psql_command(server, *each_on_its_own(create), "--set", f"fresh={db.uri}",
                         "--command", r"\connect :fresh", "--command", r"\unset fresh",
                         "--file", "-")
 
